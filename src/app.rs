@@ -1,0 +1,103 @@
+//! The application: its state, its routes, and a server tests can start on any
+//! listener.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, middleware, web};
+use biscuit_auth::PublicKey;
+
+use crate::auth::{REFRESH_INTERVAL, RevocationList, Verifier};
+use crate::config::Config;
+use crate::db::{self, DbError};
+use crate::error::{ApiError, ErrorCode};
+use crate::log::writer::Writer;
+use crate::log::{Log, store};
+
+/// How long a request waits for a pooled connection before it gets a 503.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Commands the write queue holds before pushes wait for room.
+const WRITE_QUEUE: usize = 4096;
+
+/// Everything a request handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    /// The op log.
+    pub log: Log,
+    /// Token verification.
+    pub verifier: Verifier,
+}
+
+/// Failures at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Binding or serving.
+    #[error("cannot serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Opens the database (applying migrations), the pool and the writers.
+    pub fn open(config: &Config, root: PublicKey) -> Result<Self, StartError> {
+        let mut conn = db::connect(&config.db)?;
+        db::migrate(&mut conn)?;
+        let revoked = RevocationList::default();
+        revoked.reload(&mut conn).map_err(DbError::from)?;
+        drop(conn);
+        let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT)?;
+        let writer = Writer::start(&config.db, config.writers, WRITE_QUEUE)?;
+        Ok(Self { log: Log::new(writer, pool, config.limits.clone()), verifier: Verifier::new(root, revoked) })
+    }
+
+    /// Whether the database holds no user yet (a fresh deployment).
+    pub async fn is_empty(&self) -> Result<bool, ApiError> {
+        Ok(!self.log.read(|conn| store::has_users(conn).map_err(Into::into)).await?)
+    }
+
+    /// Finishes queued writes and stops the writer threads.
+    pub fn shutdown(&self) {
+        self.log.shutdown();
+    }
+}
+
+/// Starts serving on `listener`. Call inside an actix (or tokio) runtime; await
+/// the returned server, or stop it with its handle.
+pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) -> Result<Server, StartError> {
+    actix_web::rt::spawn(refresh_revocations(state.clone()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|e, _| ApiError::new(ErrorCode::InvalidQuery, format!("invalid query: {e}")).into()),
+            )
+            .wrap(middleware::Compress::default())
+            .wrap(middleware::from_fn(crate::http::trace))
+            .configure(crate::http::routes)
+            .default_service(web::to(crate::http::not_found))
+    })
+    .workers(workers)
+    .client_request_timeout(Duration::from_secs(10))
+    .shutdown_timeout(10)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// Re-reads the revocation table so revocations made elsewhere (the CLI, another
+/// node) take effect here.
+async fn refresh_revocations(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let list = state.verifier.revocations().clone();
+        if let Err(e) = state.log.read(move |conn| list.reload(conn).map_err(Into::into)).await {
+            tracing::warn!(error = %e, "cannot refresh the revocation list");
+        }
+    }
+}

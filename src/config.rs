@@ -1,0 +1,272 @@
+//! Settings: command-line flags, `OPSYNC_*` environment variables, an optional TOML
+//! file, defaults — in that order of precedence. Resolved and validated once into a
+//! [`Config`] that is passed explicitly; secrets never appear in its `Debug`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::db::{Backend, DbError, DbUrl};
+use crate::log::Limits;
+
+/// The data directory when none is given.
+pub const DEFAULT_DATA_DIR: &str = "./opsync-data";
+/// The listening address when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The SQLite file inside the data directory.
+pub const SQLITE_FILE: &str = "opsync.db";
+/// The root key file inside the data directory.
+pub const ROOT_KEY_FILE: &str = "root.key";
+
+/// Settings every subcommand reads (flags and environment variables).
+#[derive(Debug, Clone, Default, Args)]
+pub struct Settings {
+    /// A TOML file with any of these settings (flags and env win over it).
+    #[arg(long, global = true, env = "OPSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where opsync keeps its SQLite file and root key [default: ./opsync-data].
+    #[arg(long, global = true, env = "OPSYNC_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [default: sqlite://DATA_DIR/opsync.db].
+    #[arg(long, global = true, env = "OPSYNC_DB", value_name = "URL")]
+    pub db: Option<String>,
+    /// The root key file [default: DATA_DIR/root.key, created on first start].
+    /// The OPSYNC_ROOT_KEY environment variable (the key itself) wins over it.
+    #[arg(long, global = true, env = "OPSYNC_ROOT_KEY_FILE", value_name = "FILE")]
+    pub root_key_file: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, global = true, env = "OPSYNC_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// HTTP worker threads [default: the number of CPUs].
+    #[arg(long, global = true, env = "OPSYNC_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Pooled database connections for reads [default: 8].
+    #[arg(long, global = true, env = "OPSYNC_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<u32>,
+    /// Writer threads (group commit) [default: 1 on SQLite, 4 on Postgres].
+    #[arg(long, global = true, env = "OPSYNC_WRITERS", value_name = "N")]
+    pub writers: Option<usize>,
+    /// Most ops in one push [default: 1000].
+    #[arg(long, global = true, env = "OPSYNC_MAX_OPS_PER_PUSH", value_name = "N")]
+    pub max_ops_per_push: Option<usize>,
+    /// Most bytes in one op's payload [default: 262144].
+    #[arg(long, global = true, env = "OPSYNC_MAX_OP_BYTES", value_name = "BYTES")]
+    pub max_op_bytes: Option<usize>,
+    /// Most bytes in one request body, after decompression [default: 8388608].
+    #[arg(long, global = true, env = "OPSYNC_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The optional TOML file: the same settings, by the same names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    /// See [`Settings::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`Settings::db`].
+    pub db: Option<String>,
+    /// See [`Settings::root_key_file`].
+    pub root_key_file: Option<PathBuf>,
+    /// See [`Settings::listen`].
+    pub listen: Option<String>,
+    /// See [`Settings::workers`].
+    pub workers: Option<usize>,
+    /// See [`Settings::pool_size`].
+    pub pool_size: Option<u32>,
+    /// See [`Settings::writers`].
+    pub writers: Option<usize>,
+    /// Size limits.
+    pub limits: Option<Limits>,
+}
+
+/// Where the root key comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RootKeySource {
+    /// The key itself (from `OPSYNC_ROOT_KEY`).
+    Inline(String),
+    /// A file; `create` when it is the default file, generated on first start.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Generate it if missing.
+        create: bool,
+    },
+}
+
+impl std::fmt::Debug for RootKeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootKeySource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            RootKeySource::File { path, create } => {
+                f.debug_struct("File").field("path", path).field("create", create).finish()
+            }
+        }
+    }
+}
+
+/// Everything a subcommand needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub db: DbUrl,
+    /// The root key.
+    pub root_key: RootKeySource,
+    /// HTTP workers.
+    pub workers: usize,
+    /// Read pool size.
+    pub pool_size: u32,
+    /// Writer threads.
+    pub writers: usize,
+    /// Size limits.
+    pub limits: Limits,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// Which.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The database URL.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl Config {
+    /// Resolves settings, reading `OPSYNC_ROOT_KEY` from the environment.
+    pub fn resolve(settings: &Settings) -> Result<Self, ConfigError> {
+        Self::resolve_with(settings, std::env::var("OPSYNC_ROOT_KEY").ok().filter(|k| !k.trim().is_empty()))
+    }
+
+    /// Resolves settings with an explicit inline root key (for tests).
+    pub fn resolve_with(settings: &Settings, root_key: Option<String>) -> Result<Self, ConfigError> {
+        let file = match &settings.config {
+            Some(path) => read_file(path)?,
+            None => FileSettings::default(),
+        };
+        let data_dir = settings.data_dir.clone().or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let db = match settings.db.clone().or(file.db) {
+            Some(url) => DbUrl::parse(&url)?,
+            None => DbUrl::sqlite_file(&data_dir.join(SQLITE_FILE)),
+        };
+        let root_key = match (root_key, settings.root_key_file.clone().or(file.root_key_file)) {
+            (Some(key), _) => RootKeySource::Inline(key),
+            (None, Some(path)) => RootKeySource::File { path, create: false },
+            (None, None) => RootKeySource::File { path: data_dir.join(ROOT_KEY_FILE), create: true },
+        };
+        let listen_text = settings.listen.clone().or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen = listen_text
+            .parse()
+            .map_err(|e| ConfigError::Invalid { name: "listen", reason: format!("{listen_text:?}: {e}") })?;
+        let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+        let workers = positive("workers", settings.workers.or(file.workers).unwrap_or(cpus))?;
+        let pool_size = positive("pool_size", settings.pool_size.or(file.pool_size).unwrap_or(8) as usize)? as u32;
+        let default_writers = if db.backend() == Backend::Postgres { 4 } else { 1 };
+        let writers = positive("writers", settings.writers.or(file.writers).unwrap_or(default_writers))?;
+        if db.backend() == Backend::Sqlite && writers != 1 {
+            return Err(ConfigError::Invalid { name: "writers", reason: "SQLite has exactly one writer".into() });
+        }
+        let mut limits = file.limits.unwrap_or_default();
+        if let Some(n) = settings.max_ops_per_push {
+            limits.max_ops_per_push = n;
+        }
+        if let Some(n) = settings.max_op_bytes {
+            limits.max_op_bytes = n;
+        }
+        if let Some(n) = settings.max_body_bytes {
+            limits.max_body_bytes = n;
+        }
+        positive("max_ops_per_push", limits.max_ops_per_push)?;
+        positive("max_op_bytes", limits.max_op_bytes)?;
+        positive("max_body_bytes", limits.max_body_bytes)?;
+        positive("max_page_ops", limits.max_page_ops)?;
+        positive("max_page_bytes", limits.max_page_bytes)?;
+        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits })
+    }
+}
+
+fn positive(name: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::Invalid { name, reason: "must be at least 1".into() });
+    }
+    Ok(n)
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, ConfigError> {
+    let fail = |reason: String| ConfigError::File { path: path.to_owned(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_zero_configuration_sqlite() {
+        let c = Config::resolve_with(&Settings::default(), None).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.db.backend(), Backend::Sqlite);
+        assert_eq!(c.db.as_str(), "./opsync-data/opsync.db");
+        assert_eq!(c.root_key, RootKeySource::File { path: "./opsync-data/root.key".into(), create: true });
+        assert_eq!(c.writers, 1);
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opsync.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\ndb = \"postgres://u@h/db\"\n[limits]\nmax_ops_per_push = 7\n",
+        )
+        .unwrap();
+        let settings = Settings { config: Some(path.clone()), ..Settings::default() };
+        let c = Config::resolve_with(&settings, None).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.db.backend(), Backend::Postgres);
+        assert_eq!(c.writers, 4);
+        assert_eq!(c.limits.max_ops_per_push, 7);
+        let settings = Settings { config: Some(path), listen: Some("127.0.0.1:1".into()), ..Settings::default() };
+        assert_eq!(Config::resolve_with(&settings, None).unwrap().listen.port(), 1);
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let bad_db = Settings { db: Some("mysql://x".into()), ..Settings::default() };
+        assert!(Config::resolve_with(&bad_db, None).is_err());
+        let bad_listen = Settings { listen: Some("nowhere".into()), ..Settings::default() };
+        assert!(Config::resolve_with(&bad_listen, None).is_err());
+        let zero = Settings { max_ops_per_push: Some(0), ..Settings::default() };
+        assert!(Config::resolve_with(&zero, None).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("t.toml");
+        std::fs::write(&typo, "lisen = \"x\"\n").unwrap();
+        assert!(Config::resolve_with(&Settings { config: Some(typo), ..Settings::default() }, None).is_err());
+    }
+
+    #[test]
+    fn inline_key_is_redacted() {
+        let c = Config::resolve_with(&Settings::default(), Some("ed25519-private/secret".into())).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,153 @@
+//! The only place that matches on the backend: per-connection pragmas, transaction
+//! start, upserts and row locks. Each function builds one backend-neutral diesel
+//! statement and runs it on the concrete connection, because diesel's multi-backend
+//! type cannot express `ON CONFLICT`.
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+use super::DbConn;
+use super::schema::{devices, entities, ops, revoked_tokens, users};
+
+/// Runs one statement on whichever connection `$conn` holds.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            DbConn::Sqlite($c) => $body,
+            DbConn::Pg($c) => $body,
+        }
+    };
+}
+
+/// Settings every new connection gets.
+pub(crate) fn configure_connection(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        DbConn::Sqlite(c) => c.batch_execute(&format!(
+            // FULL: a commit is on disk before we answer (survives power loss).
+            "PRAGMA busy_timeout = {}; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;",
+            super::sqlite_busy_timeout_ms()
+        )),
+        DbConn::Pg(c) => c.batch_execute("SET application_name = 'opsync'"),
+    }
+}
+
+/// Starts a write transaction. SQLite takes the write lock at once (`BEGIN IMMEDIATE`),
+/// so a transaction never fails half-way with a busy error on lock upgrade. Begun
+/// through diesel's transaction manager so statements that open their own
+/// transaction (diesel's SQLite batch insert) nest as savepoints.
+pub(crate) fn begin_write(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+        DbConn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
+    }
+}
+
+/// Commits the transaction [`begin_write`] started.
+pub(crate) fn commit(conn: &mut DbConn) -> QueryResult<()> {
+    on_backend!(conn, |c| AnsiTransactionManager::commit_transaction(c))
+}
+
+/// Rolls back the transaction [`begin_write`] started.
+pub(crate) fn rollback(conn: &mut DbConn) -> QueryResult<()> {
+    on_backend!(conn, |c| AnsiTransactionManager::rollback_transaction(c))
+}
+
+/// Creates the user's row if needed and returns its head. On Postgres the upsert
+/// locks the row until the transaction ends: every push of this user, on any node,
+/// waits here, so seqs are assigned and committed in one order.
+pub(crate) fn lock_user(conn: &mut DbConn, user: &str, now: i64) -> QueryResult<i64> {
+    let query = diesel::insert_into(users::table)
+        .values((users::id.eq(user), users::head.eq(0_i64), users::created_at.eq(now)))
+        .on_conflict(users::id)
+        .do_update()
+        .set(users::head.eq(users::head))
+        .returning(users::head);
+    on_backend!(conn, |c| query.get_result(c))
+}
+
+/// Records the last seq of each entity, `(entity, seq)` pairs with distinct entities.
+pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64)]) -> QueryResult<()> {
+    if last.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = last
+        .iter()
+        .map(|(entity, seq)| (entities::user_id.eq(user), entities::entity.eq(*entity), entities::last_seq.eq(*seq)))
+        .collect();
+    // Chunked: a statement has at most 32766 (SQLite) / 65535 (Postgres) parameters.
+    for chunk in rows.chunks(1000) {
+        let query = diesel::insert_into(entities::table)
+            .values(chunk)
+            .on_conflict((entities::user_id, entities::entity))
+            .do_update()
+            .set(entities::last_seq.eq(excluded(entities::last_seq)));
+        on_backend!(&mut *conn, |c| query.execute(c))?;
+    }
+    Ok(())
+}
+
+/// Notes that a device was seen now, creating its row if it is new.
+pub(crate) fn touch_device(conn: &mut DbConn, user: &str, device: &str, now: i64) -> QueryResult<()> {
+    let query = diesel::insert_into(devices::table)
+        .values((
+            devices::user_id.eq(user),
+            devices::id.eq(device),
+            devices::ack_seq.eq(0_i64),
+            devices::last_seen.eq(now),
+            devices::created_at.eq(now),
+        ))
+        .on_conflict((devices::user_id, devices::id))
+        .do_update()
+        .set(devices::last_seen.eq(excluded(devices::last_seen)));
+    on_backend!(conn, |c| query.execute(c)).map(drop)
+}
+
+/// Moves a device's cursor forward to `seq` (never backwards) and returns the cursor.
+pub(crate) fn advance_cursor(conn: &mut DbConn, user: &str, device: &str, seq: i64, now: i64) -> QueryResult<i64> {
+    // Insert-or-ignore, then a conditional update: the same two statements on both
+    // backends, instead of MAX() on SQLite and GREATEST() on Postgres.
+    touch_device(conn, user, device, now)?;
+    diesel::update(devices::table.find((user, device)))
+        .filter(devices::ack_seq.lt(seq))
+        .set(devices::ack_seq.eq(seq))
+        .execute(conn)?;
+    devices::table.find((user, device)).select(devices::ack_seq).first(conn)
+}
+
+/// Adds revocation ids (hex); ids already revoked are left as they are.
+pub(crate) fn insert_revoked(conn: &mut DbConn, ids: &[String], now: i64) -> QueryResult<usize> {
+    let rows: Vec<_> = ids.iter().map(|id| (revoked_tokens::id.eq(id), revoked_tokens::revoked_at.eq(now))).collect();
+    let query = diesel::insert_into(revoked_tokens::table).values(&rows).on_conflict_do_nothing();
+    on_backend!(conn, |c| query.execute(c))
+}
+
+/// One op row to insert.
+#[derive(Insertable)]
+#[diesel(table_name = ops, treat_none_as_null = true)]
+pub(crate) struct OpInsert<'a> {
+    pub user_id: &'a str,
+    pub seq: i64,
+    pub op_id: &'a [u8],
+    pub device: Option<&'a str>,
+    pub entity: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub base: Option<i64>,
+    pub client_ts: Option<i64>,
+    pub received_at: i64,
+    pub payload: &'a [u8],
+}
+
+/// Rows per multi-row INSERT (10 parameters each; well under both backends' limits).
+const INSERT_CHUNK: usize = 500;
+
+/// Inserts ops with multi-row INSERTs (one round trip per 500 rows on Postgres).
+/// Here rather than in the store because diesel's multi-backend type has no
+/// multi-row INSERT for SQLite.
+pub(crate) fn insert_ops(conn: &mut DbConn, rows: &[OpInsert<'_>]) -> QueryResult<()> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let query = diesel::insert_into(ops::table).values(chunk);
+        on_backend!(&mut *conn, |c| query.execute(c))?;
+    }
+    Ok(())
+}

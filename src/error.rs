@@ -1,0 +1,279 @@
+//! Errors at the HTTP edge: a stable snake_case code clients can branch on, the
+//! status that goes with it, and a human message. Internals are logged, never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::ids::Seq;
+use crate::protocol::{EntityConflict, ErrorBody};
+
+/// Every error code opsync answers with. The names are a public contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body could not be decoded (syntax, types, missing keys, trailing bytes, nesting).
+    MalformedBody,
+    /// A query parameter is missing, malformed or out of range.
+    InvalidQuery,
+    /// An op failed validation (id, sizes, base, timestamp).
+    InvalidOp,
+    /// A device or user name is not acceptable.
+    InvalidName,
+    /// The same op id appears twice in one push.
+    DuplicateOpInBatch,
+    /// A push with no ops.
+    EmptyPush,
+    /// The body is larger than the configured limit.
+    BodyTooLarge,
+    /// A push with more ops than the configured limit.
+    TooManyOps,
+    /// An op payload larger than the configured limit.
+    OpTooLarge,
+    /// A Content-Type other than JSON or MessagePack.
+    UnsupportedMediaType,
+    /// A Content-Encoding other than identity or gzip.
+    UnsupportedEncoding,
+    /// An op id already stored with different content.
+    OpIdConflict,
+    /// `on_stale: "reject"` and the client's `expected_head` is behind.
+    StaleHead,
+    /// The client's `expected_head` is beyond the server's head.
+    HeadAhead,
+    /// An op's `base` is older than its entity's last seq.
+    EntityConflict,
+    /// A pull from a seq beyond the head.
+    SinceBeyondHead,
+    /// An ack of a seq beyond the head.
+    SeqBeyondHead,
+    /// No token, or a token that is not valid for this server.
+    InvalidToken,
+    /// The token (or one of its blocks) has expired.
+    TokenExpired,
+    /// The token was revoked.
+    TokenRevoked,
+    /// The token does not grant this operation.
+    Forbidden,
+    /// The token is bound to another device than the request names.
+    DeviceMismatch,
+    /// No such route.
+    NotFound,
+    /// The route exists with other methods.
+    MethodNotAllowed,
+    /// The database is unreachable or overloaded; retry later.
+    Unavailable,
+    /// A bug or an unexpected failure (logged on the server).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn status(self) -> StatusCode {
+        use ErrorCode::*;
+        match self {
+            MalformedBody | InvalidQuery | InvalidOp | InvalidName | DuplicateOpInBatch | EmptyPush => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge | TooManyOps | OpTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            OpIdConflict | StaleHead | HeadAhead | EntityConflict | SinceBeyondHead | SeqBeyondHead => {
+                StatusCode::CONFLICT
+            }
+            InvalidToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
+            Forbidden | DeviceMismatch => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedBody => "malformed_body",
+            InvalidQuery => "invalid_query",
+            InvalidOp => "invalid_op",
+            InvalidName => "invalid_name",
+            DuplicateOpInBatch => "duplicate_op_in_batch",
+            EmptyPush => "empty_push",
+            BodyTooLarge => "body_too_large",
+            TooManyOps => "too_many_ops",
+            OpTooLarge => "op_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            UnsupportedEncoding => "unsupported_encoding",
+            OpIdConflict => "op_id_conflict",
+            StaleHead => "stale_head",
+            HeadAhead => "head_ahead",
+            EntityConflict => "entity_conflict",
+            SinceBeyondHead => "since_beyond_head",
+            SeqBeyondHead => "seq_beyond_head",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            TokenRevoked => "token_revoked",
+            Forbidden => "forbidden",
+            DeviceMismatch => "device_mismatch",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}", .body.error, .body.message)]
+pub struct ApiError {
+    code: ErrorCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    /// An error with a code and a message for humans.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let body = ErrorBody {
+            error: code.as_str().to_owned(),
+            message: message.into(),
+            head: None,
+            ids: None,
+            conflicts: None,
+        };
+        Self { code, body }
+    }
+
+    /// Adds the user's head to the body.
+    pub fn with_head(mut self, head: Seq) -> Self {
+        self.body.head = Some(head);
+        self
+    }
+
+    /// Adds the op ids concerned.
+    pub fn with_ids(mut self, ids: Vec<crate::ids::OpId>) -> Self {
+        self.body.ids = Some(ids);
+        self
+    }
+
+    /// Adds per-entity conflicts.
+    pub fn with_conflicts(mut self, conflicts: Vec<EntityConflict>) -> Self {
+        self.body.conflicts = Some(conflicts);
+        self
+    }
+
+    /// An unexpected failure: logged here with its cause, answered without it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
+    }
+
+    /// The database could not be reached in time.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(%cause, "database unavailable");
+        Self::new(ErrorCode::Unavailable, "the database is unavailable; retry later")
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The body sent to the client.
+    pub fn body(&self) -> &ErrorBody {
+        &self.body
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        if self.code == ErrorCode::Unavailable {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if matches!(self.code, ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::TokenRevoked) {
+            res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+        }
+        res.json(&self.body)
+    }
+}
+
+impl From<crate::log::LogError> for ApiError {
+    fn from(e: crate::log::LogError) -> Self {
+        use crate::log::{Invalid, LogError, Rejection};
+        match e {
+            LogError::Invalid(invalid) => {
+                let code = match &invalid {
+                    Invalid::EmptyPush => ErrorCode::EmptyPush,
+                    Invalid::TooManyOps { .. } => ErrorCode::TooManyOps,
+                    Invalid::OpTooLarge { .. } => ErrorCode::OpTooLarge,
+                    Invalid::DuplicateInBatch(_) => ErrorCode::DuplicateOpInBatch,
+                    Invalid::Op { .. } => ErrorCode::InvalidOp,
+                    Invalid::Field(_) => ErrorCode::InvalidQuery,
+                };
+                ApiError::new(code, invalid.to_string())
+            }
+            LogError::Rejected(rejection) => {
+                let message = rejection.to_string();
+                match rejection {
+                    Rejection::IdReuse(ids) => ApiError::new(ErrorCode::OpIdConflict, message).with_ids(ids),
+                    Rejection::StaleHead { head, .. } => ApiError::new(ErrorCode::StaleHead, message).with_head(head),
+                    Rejection::HeadAhead { head, .. } => ApiError::new(ErrorCode::HeadAhead, message).with_head(head),
+                    Rejection::BaseBeyondHead { head, .. } => {
+                        ApiError::new(ErrorCode::InvalidOp, message).with_head(head)
+                    }
+                    Rejection::EntityConflict(conflicts) => {
+                        ApiError::new(ErrorCode::EntityConflict, message).with_conflicts(conflicts)
+                    }
+                }
+            }
+            LogError::SinceBeyondHead { head, .. } => {
+                ApiError::new(ErrorCode::SinceBeyondHead, e.to_string()).with_head(head)
+            }
+            LogError::SeqBeyondHead { head, .. } => {
+                ApiError::new(ErrorCode::SeqBeyondHead, e.to_string()).with_head(head)
+            }
+            LogError::Unavailable(cause) => ApiError::unavailable(cause),
+            LogError::Db(_) | LogError::Corrupt(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError;
+        let code = match &e {
+            AuthError::Invalid(_) => ErrorCode::InvalidToken,
+            AuthError::Expired => ErrorCode::TokenExpired,
+            AuthError::Revoked => ErrorCode::TokenRevoked,
+            AuthError::Forbidden(_) => ErrorCode::Forbidden,
+        };
+        ApiError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_serialize_as_their_wire_names() -> Result<(), serde_json::Error> {
+        for code in [ErrorCode::MalformedBody, ErrorCode::OpIdConflict, ErrorCode::TokenRevoked, ErrorCode::Internal] {
+            assert_eq!(serde_json::to_value(code)?, serde_json::Value::String(code.as_str().to_owned()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn body_carries_details() -> Result<(), serde_json::Error> {
+        let e = ApiError::new(ErrorCode::StaleHead, "behind").with_head(7);
+        let v = serde_json::to_value(e.body())?;
+        assert_eq!(v, serde_json::json!({"error": "stale_head", "message": "behind", "head": 7}));
+        assert_eq!(e.code().status(), StatusCode::CONFLICT);
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! The op log: validation, sequencing, storage, reads. No HTTP in here; the HTTP
+//! (and later WebSocket) layers call [`Log`].
+//!
+//! Writes go through the [`writer`]: dedicated threads that merge concurrent
+//! commands into one transaction (group commit) and answer each after the commit.
+//! Reads use the connection pool on the blocking thread pool.
+
+pub mod sequencer;
+pub mod store;
+mod validate;
+pub mod writer;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use sequencer::Rejection;
+pub use validate::{Invalid, Limits, validate_push};
+
+use crate::db::{DbPool, PooledConn};
+use crate::ids::{DeviceId, Seq, UserId};
+use crate::protocol::{AckResponse, NewOp, OnStale, PullResponse, PushResponse, StatusResponse};
+use writer::{Command, Writer};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Why a log operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The request broke a rule; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The push conflicts with the log; nothing was stored.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// A pull from beyond the head.
+    #[error("since {since} is beyond the head {head}")]
+    SinceBeyondHead {
+        /// Requested.
+        since: Seq,
+        /// Actual.
+        head: Seq,
+    },
+    /// An ack beyond the head.
+    #[error("seq {seq} is beyond the head {head}")]
+    SeqBeyondHead {
+        /// Requested.
+        seq: Seq,
+        /// Actual.
+        head: Seq,
+    },
+    /// The database cannot be reached (or the writer is gone); retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Db(#[from] diesel::result::Error),
+    /// Stored data could not be read back (corruption).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A push, validated and bound to its user.
+#[derive(Debug, Clone)]
+pub struct Push {
+    /// Whose log.
+    pub user: UserId,
+    /// The pushing device, if known.
+    pub device: Option<DeviceId>,
+    /// The ops.
+    pub ops: Vec<NewOp>,
+    /// The head the client last saw.
+    pub expected_head: Option<Seq>,
+    /// What to do if it is behind.
+    pub on_stale: OnStale,
+}
+
+/// The log service: the writer for writes, the pool for reads.
+#[derive(Clone)]
+pub struct Log {
+    writer: Writer,
+    pool: DbPool,
+    limits: Limits,
+}
+
+/// How long a request waits for a pooled connection or for the writer's answer.
+const WAIT: Duration = Duration::from_secs(10);
+
+impl Log {
+    /// A log over `pool`, writing through `writer`.
+    pub fn new(writer: Writer, pool: DbPool, limits: Limits) -> Self {
+        Self { writer, pool, limits }
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The pool, for other read-only callers (readiness, revocations).
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    /// Appends a push to the user's log; answers after the commit.
+    pub async fn push(&self, push: Push) -> Result<PushResponse, LogError> {
+        validate_push(&push.ops, &self.limits, now_ms())?;
+        self.writer.submit(|reply| Command::Push(push, reply)).await
+    }
+
+    /// Records how far a device has applied the log (never backwards, never beyond head).
+    pub async fn ack(&self, user: UserId, device: DeviceId, seq: Seq) -> Result<AckResponse, LogError> {
+        if seq < 0 {
+            return Err(Invalid::Field(format!("seq must be >= 0, got {seq}")).into());
+        }
+        self.writer.submit(|reply| Command::Ack { user, device, seq, reply }).await
+    }
+
+    /// One page of ops after `since`.
+    pub async fn pull(&self, user: UserId, since: Seq, limit: usize) -> Result<PullResponse, LogError> {
+        let limit = limit.clamp(1, self.limits.max_page_ops);
+        let max_bytes = self.limits.max_page_bytes;
+        self.read(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await
+    }
+
+    /// The user's head and devices.
+    pub async fn status(&self, user: UserId) -> Result<StatusResponse, LogError> {
+        self.read(move |conn| store::status(conn, &user)).await
+    }
+
+    /// Finishes queued writes and stops the writer threads.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+
+    /// Whether the database answers.
+    pub async fn ready(&self) -> Result<(), LogError> {
+        self.read(|conn| store::ping(conn).map_err(LogError::from)).await
+    }
+
+    /// Runs a read on a pooled connection off the async workers.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, LogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut PooledConn) -> Result<T, LogError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let job = actix_web::rt::task::spawn_blocking(move || {
+            let mut conn = pool.get_timeout(WAIT).map_err(|e| LogError::Unavailable(e.to_string()))?;
+            f(&mut conn)
+        });
+        match job.await {
+            Ok(result) => result,
+            Err(e) => Err(LogError::Unavailable(format!("read task failed: {e}"))),
+        }
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,220 @@
+//! Statements on the log's tables. Each takes `&mut DbConn` and runs inside whatever
+//! transaction the caller holds; none of them knows about HTTP or threads.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+
+use super::sequencer::{self, Rejection, StoredOp};
+use super::{LogError, Push};
+use crate::db::DbConn;
+use crate::db::dialect::{self, OpInsert};
+use crate::db::schema::{devices, entities, ops, users};
+use crate::ids::{DeviceId, OpId, Seq, UserId};
+use crate::protocol::{AckResponse, DeviceStatus, Op, Payload, PullResponse, PushResponse, StatusResponse};
+
+/// Rows per SELECT when paging, so a page's memory stays bounded by its byte budget.
+const READ_CHUNK: i64 = 256;
+
+type OpColumns = (
+    ops::seq,
+    ops::op_id,
+    ops::device,
+    ops::entity,
+    ops::kind,
+    ops::base,
+    ops::client_ts,
+    ops::received_at,
+    ops::payload,
+);
+const OP_COLUMNS: OpColumns = (
+    ops::seq,
+    ops::op_id,
+    ops::device,
+    ops::entity,
+    ops::kind,
+    ops::base,
+    ops::client_ts,
+    ops::received_at,
+    ops::payload,
+);
+type OpTuple = (i64, Vec<u8>, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>, i64, Vec<u8>);
+
+fn op_from_row(row: OpTuple) -> Result<Op, LogError> {
+    let (seq, op_id, device, entity, kind, base, ts, received_at, payload) = row;
+    let id = OpId::from_slice(&op_id).map_err(|e| LogError::Corrupt(format!("op at seq {seq}: {e}")))?;
+    Ok(Op { seq, id, device, entity, kind, base, ts, received_at, payload: Payload(payload) })
+}
+
+/// Appends a push inside the caller's write transaction. The outer `QueryResult`
+/// fails on database errors (the caller rolls back); the inner one on a rejection,
+/// in which case nothing was written.
+pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Result<PushResponse, Rejection>> {
+    let user = push.user.as_str();
+    let head = dialect::lock_user(conn, user, now)?;
+
+    let ids: Vec<&[u8]> = push.ops.iter().map(|op| &op.id.as_bytes()[..]).collect();
+    let existing: HashMap<OpId, StoredOp> = ops::table
+        .filter(ops::user_id.eq(user))
+        .filter(ops::op_id.eq_any(&ids))
+        .select((ops::op_id, ops::seq, ops::payload, ops::entity, ops::kind))
+        .load::<(Vec<u8>, i64, Vec<u8>, Option<String>, Option<String>)>(conn)?
+        .into_iter()
+        .filter_map(|(id, seq, payload, entity, kind)| {
+            Some((OpId::from_slice(&id).ok()?, StoredOp { seq, payload, entity, kind }))
+        })
+        .collect();
+
+    let based: Vec<&str> =
+        push.ops.iter().filter(|op| op.base.is_some()).filter_map(|op| op.entity.as_deref()).collect();
+    let entity_seqs: HashMap<String, Seq> = if based.is_empty() {
+        HashMap::new()
+    } else {
+        entities::table
+            .filter(entities::user_id.eq(user))
+            .filter(entities::entity.eq_any(&based))
+            .select((entities::entity, entities::last_seq))
+            .load(conn)?
+            .into_iter()
+            .collect()
+    };
+
+    let plan = match sequencer::plan(head, &push.ops, push.expected_head, push.on_stale, &existing, &entity_seqs) {
+        Ok(plan) => plan,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+
+    if !plan.new.is_empty() {
+        let device = push.device.as_ref().map(DeviceId::as_str);
+        let rows: Vec<OpInsert<'_>> = plan
+            .new
+            .iter()
+            .zip(head + 1..)
+            .map(|(&i, seq)| {
+                let op = &push.ops[i];
+                OpInsert {
+                    user_id: user,
+                    seq,
+                    op_id: &op.id.as_bytes()[..],
+                    device,
+                    entity: op.entity.as_deref(),
+                    kind: op.kind.as_deref(),
+                    base: op.base,
+                    client_ts: op.ts,
+                    received_at: now,
+                    payload: &op.payload.0,
+                }
+            })
+            .collect();
+        dialect::insert_ops(conn, &rows)?;
+        // The last seq per entity (an entity may appear several times in one push).
+        let mut last: HashMap<&str, Seq> = HashMap::new();
+        for row in &rows {
+            if let Some(entity) = row.entity {
+                last.insert(entity, row.seq);
+            }
+        }
+        let last: Vec<(&str, Seq)> = last.into_iter().collect();
+        dialect::upsert_entities(conn, user, &last)?;
+        diesel::update(users::table.find(user)).set(users::head.eq(plan.head)).execute(conn)?;
+    }
+    if let Some(device) = &push.device {
+        dialect::touch_device(conn, user, device.as_str(), now)?;
+    }
+    Ok(Ok(PushResponse { results: plan.results, head: plan.head }))
+}
+
+/// Moves a device's cursor inside the caller's write transaction.
+pub fn apply_ack(
+    conn: &mut DbConn,
+    user: &UserId,
+    device: &DeviceId,
+    seq: Seq,
+    now: i64,
+) -> QueryResult<Result<AckResponse, LogError>> {
+    let head = head(conn, user)?;
+    if seq > head {
+        return Ok(Err(LogError::SeqBeyondHead { seq, head }));
+    }
+    let cursor = dialect::advance_cursor(conn, user.as_str(), device.as_str(), seq, now)?;
+    Ok(Ok(AckResponse { device: device.clone(), seq: cursor, head }))
+}
+
+/// The user's head (0 for a user with no ops).
+pub fn head(conn: &mut DbConn, user: &UserId) -> QueryResult<Seq> {
+    Ok(users::table.find(user.as_str()).select(users::head).first(conn).optional()?.unwrap_or(0))
+}
+
+/// Ops after `since`, at most `limit` of them and about `max_bytes` of payload.
+///
+/// The head is read first and only ops up to it are returned: every op at or below a
+/// committed head is committed (a push writes its ops and the head in one
+/// transaction, in seq order per user), so a page never has a hole even while
+/// pushes commit concurrently.
+pub fn pull(
+    conn: &mut DbConn,
+    user: &UserId,
+    since: Seq,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<PullResponse, LogError> {
+    let head = head(conn, user)?;
+    if since < 0 {
+        return Err(super::Invalid::Field(format!("since must be >= 0, got {since}")).into());
+    }
+    if since > head {
+        return Err(LogError::SinceBeyondHead { since, head });
+    }
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    let mut cursor = since;
+    'read: while cursor < head && page.len() < limit {
+        let want = READ_CHUNK.min((limit - page.len()) as i64);
+        let rows: Vec<OpTuple> = ops::table
+            .filter(ops::user_id.eq(user.as_str()))
+            .filter(ops::seq.gt(cursor))
+            .filter(ops::seq.le(head))
+            .order(ops::seq.asc())
+            .limit(want)
+            .select(OP_COLUMNS)
+            .load(conn)?;
+        let got = rows.len() as i64;
+        for row in rows {
+            let op = op_from_row(row)?;
+            bytes += op.payload.0.len();
+            cursor = op.seq;
+            page.push(op);
+            if bytes >= max_bytes {
+                break 'read;
+            }
+        }
+        if got < want {
+            break;
+        }
+    }
+    Ok(PullResponse { ops: page, head, has_more: cursor < head })
+}
+
+/// The user's head and devices.
+pub fn status(conn: &mut DbConn, user: &UserId) -> Result<StatusResponse, LogError> {
+    let head = head(conn, user)?;
+    let devices = devices::table
+        .filter(devices::user_id.eq(user.as_str()))
+        .order(devices::id.asc())
+        .select((devices::id, devices::ack_seq, devices::last_seen, devices::created_at))
+        .load::<(String, i64, i64, i64)>(conn)?
+        .into_iter()
+        .map(|(id, ack_seq, last_seen, created_at)| DeviceStatus { id, ack_seq, last_seen, created_at })
+        .collect();
+    Ok(StatusResponse { user: user.to_string(), head, devices, server_time: super::now_ms() })
+}
+
+/// Whether there is any user yet (a fresh deployment has none).
+pub fn has_users(conn: &mut DbConn) -> QueryResult<bool> {
+    diesel::select(diesel::dsl::exists(users::table.select(users::id))).get_result(conn)
+}
+
+/// A trivial round trip.
+pub fn ping(conn: &mut DbConn) -> QueryResult<()> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).get_result::<i32>(conn).map(drop)
+}

@@ -1,0 +1,272 @@
+//! Group commit: dedicated writer threads that own their connections, take every
+//! command waiting in the queue, apply them all in one transaction and answer each
+//! only after the commit.
+//!
+//! On SQLite there is one writer (SQLite has one write lock anyway): while a commit
+//! waits for its fsync, new pushes queue up and go into the next transaction, so
+//! the cost of an fsync is shared by every push in it. On Postgres several writers
+//! run at once; pushes of one user are serialised by the lock on the user's row
+//! (see [`crate::db::dialect::lock_user`]), and each batch takes its users' locks in
+//! one fixed order (sorted by user), so two writers — or two nodes — never deadlock.
+//!
+//! A batch is all-or-nothing at the database level. A rejected push (a conflict)
+//! writes nothing and does not disturb its neighbours; if a statement fails, the
+//! batch is rolled back and its commands are retried one by one, so only the
+//! faulty one fails.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use tokio::sync::oneshot;
+
+use super::{LogError, Push, now_ms, store};
+use crate::db::{self, DbConn, DbError, DbUrl, dialect};
+use crate::ids::{DeviceId, Seq, UserId};
+use crate::protocol::{AckResponse, PushResponse};
+
+/// The most commands merged into one transaction.
+const MAX_BATCH_COMMANDS: usize = 512;
+/// The most ops merged into one transaction.
+const MAX_BATCH_OPS: usize = 20_000;
+/// How long a request waits for room in the queue.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for its commit. If it gives up, the push may still
+/// commit: retrying with the same op ids is safe (they come back `duplicate`).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+/// A write for the writer threads.
+pub(crate) enum Command {
+    /// Append ops.
+    Push(Push, Reply<PushResponse>),
+    /// Move a device's cursor.
+    Ack {
+        /// Whose.
+        user: UserId,
+        /// Which device.
+        device: DeviceId,
+        /// To where.
+        seq: Seq,
+        /// Where the answer goes.
+        reply: Reply<AckResponse>,
+    },
+    /// Stop one writer thread.
+    Shutdown,
+}
+
+impl Command {
+    fn user(&self) -> Option<&UserId> {
+        match self {
+            Command::Push(push, _) => Some(&push.user),
+            Command::Ack { user, .. } => Some(user),
+            Command::Shutdown => None,
+        }
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            Command::Push(push, _) => push.ops.len(),
+            _ => 1,
+        }
+    }
+
+    /// Applies the command inside the open transaction.
+    fn apply(&self, conn: &mut DbConn, now: i64) -> Result<Outcome, DieselError> {
+        Ok(match self {
+            Command::Push(push, _) => Outcome::Push(store::apply_push(conn, push, now)?.map_err(LogError::from)),
+            Command::Ack { user, device, seq, .. } => Outcome::Ack(store::apply_ack(conn, user, device, *seq, now)?),
+            Command::Shutdown => Outcome::None,
+        })
+    }
+
+    /// Sends the outcome (or an error) to whoever waits for it.
+    fn answer(self, outcome: Result<Outcome, LogError>) {
+        // A dropped receiver means the client went away; the write stands either way.
+        match (self, outcome) {
+            (Command::Push(_, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
+            (Command::Ack { reply, .. }, Ok(Outcome::Ack(r))) => drop(reply.send(r)),
+            (Command::Push(_, reply), Err(e)) => drop(reply.send(Err(e))),
+            (Command::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Command::Push(_, reply), Ok(_)) => drop(reply.send(Err(LogError::Corrupt("mismatched outcome".into())))),
+            (Command::Ack { reply, .. }, Ok(_)) => {
+                drop(reply.send(Err(LogError::Corrupt("mismatched outcome".into()))))
+            }
+            (Command::Shutdown, _) => {}
+        }
+    }
+}
+
+enum Outcome {
+    Push(Result<PushResponse, LogError>),
+    Ack(Result<AckResponse, LogError>),
+    None,
+}
+
+/// The handle requests use to reach the writer threads.
+#[derive(Clone)]
+pub struct Writer {
+    tx: flume::Sender<Command>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Writer {
+    /// Starts `threads` writers on `url`, each with its own connection (opened now,
+    /// so a bad URL fails at start), behind a queue of `queue` commands.
+    pub fn start(url: &DbUrl, threads: usize, queue: usize) -> Result<Self, DbError> {
+        let (tx, rx) = flume::bounded(queue.max(1));
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let conn = db::connect(url)?;
+            let rx = rx.clone();
+            let url = url.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("opsync-writer-{i}"))
+                .spawn(move || run(&url, &rx, Some(conn)))
+                .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
+            handles.push(handle);
+        }
+        Ok(Self { tx, threads: Arc::new(Mutex::new(handles)) })
+    }
+
+    /// Queues a command and waits for its answer.
+    pub(crate) async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+        let (reply, answer) = oneshot::channel();
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.tx.send_async(make(reply))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(LogError::Unavailable("the writer has stopped".into())),
+            Err(_) => return Err(LogError::Unavailable("the write queue is full".into())),
+        }
+        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(LogError::Unavailable("the writer stopped before answering".into())),
+            Err(_) => Err(LogError::Unavailable("no commit within the timeout".into())),
+        }
+    }
+
+    /// Lets the writers finish what is queued, then stops and joins them.
+    pub fn shutdown(&self) {
+        let handles: Vec<JoinHandle<()>> = match self.threads.lock() {
+            Ok(mut h) => h.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for _ in &handles {
+            let _ = self.tx.send(Command::Shutdown);
+        }
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// One writer thread's loop.
+fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>) {
+    loop {
+        let first = match rx.recv() {
+            Ok(Command::Shutdown) | Err(_) => return,
+            Ok(command) => command,
+        };
+        let mut weight = first.weight();
+        let mut batch = vec![first];
+        let mut stop = false;
+        while batch.len() < MAX_BATCH_COMMANDS && weight < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(Command::Shutdown) => {
+                    stop = true;
+                    break;
+                }
+                Ok(command) => {
+                    weight += command.weight();
+                    batch.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+        process(url, &mut conn, batch);
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Applies a batch in one transaction and answers every command.
+fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>) {
+    // Stable: each user's commands keep their arrival order; users are locked in
+    // ascending order.
+    batch.sort_by(|a, b| a.user().cmp(&b.user()));
+    let conn = match slot {
+        Some(conn) => conn,
+        None => match db::connect(url) {
+            Ok(conn) => slot.insert(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, "writer cannot reconnect");
+                for command in batch {
+                    command.answer(Err(LogError::Unavailable(e.to_string())));
+                }
+                return;
+            }
+        },
+    };
+    let started = std::time::Instant::now();
+    match transaction(conn, &batch, now_ms()) {
+        Ok(outcomes) => {
+            tracing::trace!(commands = batch.len(), elapsed = ?started.elapsed(), "batch committed");
+            for (command, outcome) in batch.into_iter().zip(outcomes) {
+                command.answer(Ok(outcome));
+            }
+        }
+        Err(e) if is_disconnect(&e) => {
+            tracing::warn!(error = %e, "writer lost its connection");
+            *slot = None;
+            for command in batch {
+                command.answer(Err(LogError::Unavailable(e.to_string())));
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            if let Some(command) = batch.pop() {
+                command.answer(Err(classify(e)));
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, commands = batch.len(), "batch failed; retrying its commands one by one");
+            for command in batch {
+                process(url, slot, vec![command]);
+            }
+        }
+    }
+}
+
+/// BEGIN, every command, COMMIT; any statement error rolls everything back.
+fn transaction(conn: &mut DbConn, batch: &[Command], now: i64) -> Result<Vec<Outcome>, DieselError> {
+    dialect::begin_write(conn)?;
+    let applied: Result<Vec<Outcome>, DieselError> = batch.iter().map(|c| c.apply(conn, now)).collect();
+    match applied.and_then(|outcomes| dialect::commit(conn).map(|()| outcomes)) {
+        Ok(outcomes) => Ok(outcomes),
+        Err(e) => {
+            if let Err(rollback) = dialect::rollback(conn) {
+                tracing::debug!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn is_disconnect(e: &DieselError) -> bool {
+    matches!(
+        e,
+        DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+            | DieselError::BrokenTransactionManager
+    )
+}
+
+/// A lock timeout is a temporary condition, not a bug.
+fn classify(e: DieselError) -> LogError {
+    match &e {
+        DieselError::DatabaseError(_, info) if info.message().contains("database is locked") => {
+            LogError::Unavailable(e.to_string())
+        }
+        _ => LogError::Db(e),
+    }
+}
