@@ -17,6 +17,8 @@ pub enum ErrorCode {
     MalformedBody,
     /// A query parameter is missing, malformed or out of range.
     InvalidQuery,
+    /// A body field is out of range or missing where the request needs it.
+    InvalidField,
     /// An op failed validation (id, sizes, base, timestamp).
     InvalidOp,
     /// A device or user name is not acceptable.
@@ -72,7 +74,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedBody | InvalidQuery | InvalidOp | InvalidName | DuplicateOpInBatch | EmptyPush => {
+            MalformedBody | InvalidQuery | InvalidField | InvalidOp | InvalidName | DuplicateOpInBatch | EmptyPush => {
                 StatusCode::BAD_REQUEST
             }
             BodyTooLarge | TooManyOps | OpTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +97,7 @@ impl ErrorCode {
         match self {
             MalformedBody => "malformed_body",
             InvalidQuery => "invalid_query",
+            InvalidField => "invalid_field",
             InvalidOp => "invalid_op",
             InvalidName => "invalid_name",
             DuplicateOpInBatch => "duplicate_op_in_batch",
@@ -213,7 +216,7 @@ impl From<crate::log::LogError> for ApiError {
                     Invalid::OpTooLarge { .. } => ErrorCode::OpTooLarge,
                     Invalid::DuplicateInBatch(_) => ErrorCode::DuplicateOpInBatch,
                     Invalid::Op { .. } => ErrorCode::InvalidOp,
-                    Invalid::Field(_) => ErrorCode::InvalidQuery,
+                    Invalid::Field(_) => ErrorCode::InvalidField,
                 };
                 ApiError::new(code, invalid.to_string())
             }

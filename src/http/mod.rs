@@ -41,10 +41,10 @@ async fn push(
     drop(bytes);
     let device = auth.device(request.device)?;
     if request.on_stale == Some(crate::protocol::OnStale::Reject) && request.expected_head.is_none() {
-        return Err(ApiError::new(ErrorCode::MalformedBody, "on_stale \"reject\" needs expected_head"));
+        return Err(ApiError::new(ErrorCode::InvalidField, "on_stale \"reject\" needs expected_head"));
     }
     if let Some(head) = request.expected_head.filter(|h| *h < 0) {
-        return Err(ApiError::new(ErrorCode::MalformedBody, format!("expected_head must be >= 0, got {head}")));
+        return Err(ApiError::new(ErrorCode::InvalidField, format!("expected_head must be >= 0, got {head}")));
     }
     let push = Push {
         user: auth.principal.user,
@@ -95,7 +95,7 @@ async fn ack(
     let request: AckRequest = body::decode(format, &bytes)?;
     let device = auth
         .device(request.device)?
-        .ok_or_else(|| ApiError::new(ErrorCode::MalformedBody, "device is required (in the body or the token)"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidField, "device is required (in the body or the token)"))?;
     let response = state.log.ack(auth.principal.user, device, request.seq).await?;
     body::respond(Format::for_response(req.headers(), Some(format)), StatusCode::OK, &response)
 }
