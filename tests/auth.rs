@@ -2,6 +2,8 @@
 //! reads or writes outside its own user's partition), rights, attenuation, expiry,
 //! revocation, device binding.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 #[macro_use]
 mod common;
 

@@ -4,6 +4,8 @@
 //! reference, and the whole log compared with the reference at the end.
 //! DESIGN.md invariants 1, 2 and 3.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 #[macro_use]
 mod common;
 

@@ -1,6 +1,8 @@
 //! The op log over HTTP: push, pull, ack, status — on SQLite and Postgres.
 //! DESIGN.md invariants 1 (gapless seqs), 2 (one id, one seq) and 3 (atomic push).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 #[macro_use]
 mod common;
 
