@@ -184,7 +184,14 @@ fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>) {
                 Err(_) => break,
             }
         }
-        process(url, &mut conn, batch);
+        // A panic must not take the only SQLite writer down with it: the batch's
+        // waiters get `unavailable` (their senders drop) and the connection, which
+        // may be mid-transaction, is replaced.
+        let run = std::panic::AssertUnwindSafe(|| process(url, &mut conn, batch));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("writer panicked; reconnecting");
+            conn = None;
+        }
         if stop {
             return;
         }
