@@ -137,8 +137,8 @@ pub struct Op {
     pub seq: Seq,
     /// The client's id.
     pub id: OpId,
-    /// The device that pushed it, if it said.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The device that pushed it (`null` if the push named none).
+    #[serde(default)]
     pub device: Option<String>,
     /// The entity key, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

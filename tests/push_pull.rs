@@ -28,6 +28,7 @@ both_backends!(
     acknowledged_ops_survive_a_restart,
     compression_both_ways,
     health_and_readiness,
+    json_bodies_use_the_documented_keys,
 );
 
 async fn push_then_pull_round_trips_every_field(s: TestServer) {
@@ -333,4 +334,41 @@ impl CloneAsNew for opsync::protocol::Op {
             ts: self.ts,
         }
     }
+}
+
+async fn json_bodies_use_the_documented_keys(s: TestServer) {
+    use serde_json::{Value, json};
+    let http = awc::Client::default();
+    let auth = ("Authorization", format!("Bearer {}", s.token("alice")));
+    let id = OpId::generate().to_string();
+    let body = json!({"ops": [{"id": id, "payload": "aGk=", "entity": "e", "kind": "put", "ts": 5}]});
+    let mut res = http
+        .post(s.url("/v1/ops"))
+        .insert_header(auth.clone())
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(res.headers().get("content-type").unwrap(), "application/json");
+    let pushed: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    assert_eq!(pushed, json!({"results": [{"id": id, "seq": 1, "status": "stored"}], "head": 1}));
+    let body = json!({"ops": [{"id": OpId::generate().to_string(), "payload": ""}]});
+    http.post(s.url("/v1/ops"))
+        .insert_header(auth.clone())
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    let mut res = http.get(s.url("/v1/ops?since=0")).insert_header(auth).send().await.unwrap();
+    let page: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&page), ["has_more", "head", "ops"]);
+    assert_eq!(keys(&page["ops"][0]), ["device", "entity", "id", "kind", "payload", "received_at", "seq", "ts"]);
+    assert_eq!(keys(&page["ops"][1]), ["device", "id", "payload", "received_at", "seq"]);
+    assert_eq!(page["ops"][1]["device"], Value::Null);
+    assert_eq!((page["ops"][0]["payload"].as_str(), page["ops"][0]["ts"].as_i64()), (Some("aGk="), Some(5)));
 }
