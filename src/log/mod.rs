@@ -129,6 +129,11 @@ impl Log {
         self.read(move |conn| store::status(conn, &user)).await
     }
 
+    /// How the writers have merged commands into transactions so far.
+    pub fn writer_stats(&self) -> &writer::WriterStats {
+        self.writer.stats()
+    }
+
     /// Finishes queued writes and stops the writer threads.
     pub fn shutdown(&self) {
         self.writer.shutdown();

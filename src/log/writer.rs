@@ -14,6 +14,7 @@
 //! batch is rolled back and its commands are retried one by one, so only the
 //! faulty one fails.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -105,11 +106,21 @@ enum Outcome {
     None,
 }
 
+/// Counters of the writers' work: how well group commit merges.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub transactions: AtomicU64,
+    /// Commands answered from committed transactions.
+    pub commands: AtomicU64,
+}
+
 /// The handle requests use to reach the writer threads.
 #[derive(Clone)]
 pub struct Writer {
     tx: flume::Sender<Command>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    stats: Arc<WriterStats>,
 }
 
 impl Writer {
@@ -117,18 +128,25 @@ impl Writer {
     /// so a bad URL fails at start), behind a queue of `queue` commands.
     pub fn start(url: &DbUrl, threads: usize, queue: usize) -> Result<Self, DbError> {
         let (tx, rx) = flume::bounded(queue.max(1));
+        let stats = Arc::new(WriterStats::default());
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let conn = db::connect(url)?;
             let rx = rx.clone();
             let url = url.clone();
+            let stats = stats.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("opsync-writer-{i}"))
-                .spawn(move || run(&url, &rx, Some(conn)))
+                .spawn(move || run(&url, &rx, Some(conn), &stats))
                 .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
             handles.push(handle);
         }
-        Ok(Self { tx, threads: Arc::new(Mutex::new(handles)) })
+        Ok(Self { tx, threads: Arc::new(Mutex::new(handles)), stats })
+    }
+
+    /// What the writers have done so far.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
     }
 
     /// Queues a command and waits for its answer.
@@ -162,7 +180,7 @@ impl Writer {
 }
 
 /// One writer thread's loop.
-fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>) {
+fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>, stats: &WriterStats) {
     loop {
         let first = match rx.recv() {
             Ok(Command::Shutdown) | Err(_) => return,
@@ -187,7 +205,7 @@ fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>) {
         // A panic must not take the only SQLite writer down with it: the batch's
         // waiters get `unavailable` (their senders drop) and the connection, which
         // may be mid-transaction, is replaced.
-        let run = std::panic::AssertUnwindSafe(|| process(url, &mut conn, batch));
+        let run = std::panic::AssertUnwindSafe(|| process(url, &mut conn, batch, stats));
         if std::panic::catch_unwind(run).is_err() {
             tracing::error!("writer panicked; reconnecting");
             conn = None;
@@ -199,7 +217,7 @@ fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>) {
 }
 
 /// Applies a batch in one transaction and answers every command.
-fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>) {
+fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>, stats: &WriterStats) {
     // Stable: each user's commands keep their arrival order; users are locked in
     // ascending order.
     batch.sort_by(|a, b| a.user().cmp(&b.user()));
@@ -220,6 +238,8 @@ fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>) {
     match transaction(conn, &batch, now_ms()) {
         Ok(outcomes) => {
             tracing::trace!(commands = batch.len(), elapsed = ?started.elapsed(), "batch committed");
+            stats.transactions.fetch_add(1, Ordering::Relaxed);
+            stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
             for (command, outcome) in batch.into_iter().zip(outcomes) {
                 command.answer(Ok(outcome));
             }
@@ -239,7 +259,7 @@ fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>) {
         Err(e) => {
             tracing::debug!(error = %e, commands = batch.len(), "batch failed; retrying its commands one by one");
             for command in batch {
-                process(url, slot, vec![command]);
+                process(url, slot, vec![command], stats);
             }
         }
     }
