@@ -74,6 +74,7 @@ enum TokenCommand {
         ttl: Option<Duration>,
     },
     /// Revoke a token (and every token attenuated from it) or one revocation id.
+    /// An attenuated token's parent stays valid: revoke the parent to end them all.
     Revoke {
         /// A token, or a revocation id in hex as `token inspect` prints it.
         token_or_id: String,
@@ -92,7 +93,8 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("opsync: {e:#}");
+            // Our errors name their cause in their message; `{:#}` would repeat it.
+            eprintln!("opsync: {e}");
             ExitCode::FAILURE
         }
     }
@@ -124,11 +126,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Loads (or on first start generates) the root key.
-pub fn root_key(config: &Config) -> anyhow::Result<RootKey> {
+/// Loads the root key; generates the default key file if `may_create` (serve and
+/// `token issue`: what a first start does) and it does not exist yet.
+pub fn root_key(config: &Config, may_create: bool) -> anyhow::Result<RootKey> {
     let key = match &config.root_key {
         RootKeySource::Inline(text) => RootKey::from_text(text, "OPSYNC_ROOT_KEY")?,
-        RootKeySource::File { path, create } => RootKey::load_or_generate(path, *create)?,
+        RootKeySource::File { path, create } => RootKey::load_or_generate(path, *create && may_create)?,
     };
     if key.generated() {
         tracing::info!(public_key = %key.public_hex(), file = %key.origin(), "generated a new root key");
@@ -137,7 +140,7 @@ pub fn root_key(config: &Config) -> anyhow::Result<RootKey> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let key = root_key(&config)?;
+    let key = root_key(&config, true)?;
     tracing::info!(public_key = %key.public_hex(), from = %key.origin(), "root key loaded");
     let state = web::Data::new(AppState::open(&config, key.public())?);
     let listener = TcpListener::bind(config.listen)?;
@@ -179,7 +182,9 @@ fn print_first_token(key: &RootKey, url: &str) -> anyhow::Result<()> {
 }
 
 fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
-    let key = root_key(config)?;
+    // Only issuing may create the key; inspecting or revoking with a missing key
+    // must say so rather than invent a new one.
+    let key = root_key(config, matches!(command, TokenCommand::Issue { .. }))?;
     match command {
         TokenCommand::Issue { user, device, ttl, read_only, admin } => {
             let spec = TokenSpec {
@@ -212,7 +217,7 @@ fn token(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
                 vec![text.to_ascii_lowercase()]
             } else {
                 let parsed = auth::parse(text, &key.public())?;
-                auth::revocation_ids(&parsed).into_iter().take(1).collect()
+                vec![auth::own_revocation_id(&parsed)]
             };
             let mut conn = db::connect(&config.db)?;
             db::migrate(&mut conn)?;

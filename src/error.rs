@@ -19,10 +19,8 @@ pub enum ErrorCode {
     InvalidQuery,
     /// A body field is out of range or missing where the request needs it.
     InvalidField,
-    /// An op failed validation (id, sizes, base, timestamp).
+    /// An op failed validation (entity, kind, base, timestamp).
     InvalidOp,
-    /// A device or user name is not acceptable.
-    InvalidName,
     /// The same op id appears twice in one push.
     DuplicateOpInBatch,
     /// A push with no ops.
@@ -74,7 +72,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedBody | InvalidQuery | InvalidField | InvalidOp | InvalidName | DuplicateOpInBatch | EmptyPush => {
+            MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush => {
                 StatusCode::BAD_REQUEST
             }
             BodyTooLarge | TooManyOps | OpTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,7 +97,6 @@ impl ErrorCode {
             InvalidQuery => "invalid_query",
             InvalidField => "invalid_field",
             InvalidOp => "invalid_op",
-            InvalidName => "invalid_name",
             DuplicateOpInBatch => "duplicate_op_in_batch",
             EmptyPush => "empty_push",
             BodyTooLarge => "body_too_large",

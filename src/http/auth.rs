@@ -50,7 +50,7 @@ impl<R: Right> Auth<R> {
         match (&self.principal.device, requested) {
             (Some(bound), Some(asked)) if *bound != asked => Err(ApiError::new(
                 ErrorCode::DeviceMismatch,
-                format!("the token is bound to device {bound:?}, not {asked:?}"),
+                format!("the token is bound to device \"{bound}\", not \"{asked}\""),
             )),
             (Some(bound), _) => Ok(Some(bound.clone())),
             (None, asked) => Ok(asked),

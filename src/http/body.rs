@@ -197,7 +197,7 @@ pub fn respond<T: Serialize>(format: Format, status: StatusCode, value: &T) -> R
     let body = encode(format, value)?;
     Ok(HttpResponse::build(status)
         .insert_header((header::CONTENT_TYPE, format.content_type()))
-        .insert_header((header::VARY, "Accept, Accept-Encoding"))
+        .insert_header((header::VARY, "Accept"))
         .body(body))
 }
 

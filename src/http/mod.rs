@@ -109,7 +109,8 @@ async fn status(req: HttpRequest, auth: Auth<Read>, state: web::Data<AppState>) 
 /// The body of `POST /v1/admin/revoke`.
 #[derive(Debug, Deserialize)]
 struct RevokeRequest {
-    /// Tokens to revoke (with every token attenuated from them).
+    /// Tokens to revoke (each with every token attenuated from it, but not the
+    /// token it was itself attenuated from).
     #[serde(default)]
     tokens: Vec<String>,
     /// Revocation ids (hex) to revoke.
@@ -135,17 +136,19 @@ async fn revoke(
     let request: RevokeRequest = body::decode(format, &bytes)?;
     let mut ids = Vec::new();
     for token in &request.tokens {
-        let parsed = crate::auth::parse(token, &state.verifier.public())?;
-        ids.extend(crate::auth::revocation_ids(&parsed).into_iter().take(1));
+        // Not `?`: a bad token in the body is a bad field, not a bad caller (401).
+        let parsed = crate::auth::parse(token, &state.verifier.public())
+            .map_err(|e| ApiError::new(ErrorCode::InvalidField, format!("tokens: {e}")))?;
+        ids.push(crate::auth::own_revocation_id(&parsed));
     }
     for id in request.ids {
         if id.len() > 256 || hex::decode(&id).is_err() {
-            return Err(ApiError::new(ErrorCode::MalformedBody, "revocation ids are hex strings"));
+            return Err(ApiError::new(ErrorCode::InvalidField, "revocation ids are hex strings"));
         }
         ids.push(id.to_ascii_lowercase());
     }
     if ids.is_empty() {
-        return Err(ApiError::new(ErrorCode::MalformedBody, "name at least one token or id"));
+        return Err(ApiError::new(ErrorCode::InvalidField, "name at least one token or id"));
     }
     let stored = ids.clone();
     state.log.read(move |conn| crate::auth::revoke(conn, &stored).map_err(Into::into)).await?;

@@ -55,10 +55,26 @@ pub enum LogError {
     Unavailable(String),
     /// A statement failed.
     #[error("database error: {0}")]
-    Db(#[from] diesel::result::Error),
+    Db(diesel::result::Error),
     /// Stored data could not be read back (corruption).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl From<diesel::result::Error> for LogError {
+    /// A lost connection or a lock timeout is a temporary condition (503, retry),
+    /// anything else a failure (500).
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &e {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+            | Error::BrokenTransactionManager => LogError::Unavailable(e.to_string()),
+            Error::DatabaseError(_, info) if info.message().contains("database is locked") => {
+                LogError::Unavailable(e.to_string())
+            }
+            _ => LogError::Db(e),
+        }
+    }
 }
 
 /// A push, validated and bound to its user.

@@ -132,7 +132,9 @@ pub fn apply_ack(
     seq: Seq,
     now: i64,
 ) -> QueryResult<Result<AckResponse, LogError>> {
-    let head = head(conn, user)?;
+    // The user's lock first, as a push takes it: a batch mixing acks and pushes
+    // locks rows in the same order as every other batch.
+    let head = dialect::lock_user(conn, user.as_str(), now)?;
     if seq > head {
         return Ok(Err(LogError::SeqBeyondHead { seq, head }));
     }
@@ -159,9 +161,6 @@ pub fn pull(
     max_bytes: usize,
 ) -> Result<PullResponse, LogError> {
     let head = head(conn, user)?;
-    if since < 0 {
-        return Err(super::Invalid::Field(format!("since must be >= 0, got {since}")).into());
-    }
     if since > head {
         return Err(LogError::SinceBeyondHead { since, head });
     }

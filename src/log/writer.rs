@@ -6,8 +6,11 @@
 //! waits for its fsync, new pushes queue up and go into the next transaction, so
 //! the cost of an fsync is shared by every push in it. On Postgres several writers
 //! run at once; pushes of one user are serialised by the lock on the user's row
-//! (see [`crate::db::dialect::lock_user`]), and each batch takes its users' locks in
-//! one fixed order (sorted by user), so two writers — or two nodes — never deadlock.
+//! (see [`crate::db::dialect::lock_user`]). Every command (push or ack) takes its
+//! user's lock before it touches any other row, and each batch takes its users'
+//! locks in one fixed order (sorted by user), so two writers — or two nodes — do not
+//! deadlock; should the database still report one, the batch is retried command by
+//! command like any other failed batch.
 //!
 //! A batch is all-or-nothing at the database level. A rejected push (a conflict)
 //! writes nothing and does not disturb its neighbours; if a statement fails, the
@@ -253,7 +256,7 @@ fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>, stat
         }
         Err(e) if batch.len() == 1 => {
             if let Some(command) = batch.pop() {
-                command.answer(Err(classify(e)));
+                command.answer(Err(LogError::from(e)));
             }
         }
         Err(e) => {
@@ -286,14 +289,4 @@ fn is_disconnect(e: &DieselError) -> bool {
         DieselError::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
             | DieselError::BrokenTransactionManager
     )
-}
-
-/// A lock timeout is a temporary condition, not a bug.
-fn classify(e: DieselError) -> LogError {
-    match &e {
-        DieselError::DatabaseError(_, info) if info.message().contains("database is locked") => {
-            LogError::Unavailable(e.to_string())
-        }
-        _ => LogError::Db(e),
-    }
 }
