@@ -251,7 +251,7 @@ pub fn attenuate(token: &Biscuit, read_only: bool, ttl: Option<Duration>) -> Res
 
 /// A readable account of a token for `opsync token inspect`.
 pub fn describe(token: &Biscuit, revoked: &HashSet<String>) -> String {
-    let mut out = String::new();
+    let mut out = summary(token).unwrap_or_else(|e| format!("(facts unreadable: {e})\n"));
     for i in 0..token.block_count() {
         let source = token.print_block_source(i).unwrap_or_else(|e| format!("<unreadable: {e}>"));
         let title = if i == 0 { "authority block".to_owned() } else { format!("block {i} (attenuation)") };
@@ -266,6 +266,33 @@ pub fn describe(token: &Biscuit, revoked: &HashSet<String>) -> String {
         out.push_str(&format!("    {id}{mark}\n"));
     }
     out
+}
+
+/// The authority block's facts in plain words: user, device, rights, expiry.
+fn summary(token: &Biscuit) -> Result<String, TokenError> {
+    let mut authorizer = token.authorizer()?;
+    let strings = |a: &mut biscuit_auth::Authorizer, rule: &str| -> Result<Vec<String>, TokenError> {
+        Ok(a.query::<_, (String,), _>(rule)?.into_iter().map(|(v,)| v).collect())
+    };
+    let users = strings(&mut authorizer, "data($u) <- user($u)")?;
+    let devices = strings(&mut authorizer, "data($d) <- device($d)")?;
+    let mut rights = strings(&mut authorizer, "data($r) <- right($r)")?;
+    rights.sort();
+    let expiries: Vec<(SystemTime,)> = authorizer.query("data($e) <- expires($e)")?;
+    let mut out = format!("user:      {}\n", users.join(", "));
+    out.push_str(&format!("device:    {}\n", if devices.is_empty() { "(any)".into() } else { devices.join(", ") }));
+    out.push_str(&format!("rights:    {}\n", rights.join(", ")));
+    for (expiry,) in expiries {
+        let state = match expiry.duration_since(SystemTime::now()) {
+            Ok(left) => format!("in {}", humantime::format_duration(Duration::from_secs(left.as_secs()))),
+            Err(_) => "expired".to_owned(),
+        };
+        out.push_str(&format!("expires:   {} ({state})\n", humantime::format_rfc3339_seconds(expiry)));
+    }
+    if token.block_count() > 1 {
+        out.push_str(&format!("attenuated: {} block(s) with further checks\n", token.block_count() - 1));
+    }
+    Ok(out)
 }
 
 /// A new random root key.
@@ -372,6 +399,19 @@ mod tests {
         let (root, v) = setup();
         let token = mint(&root, &TokenSpec { device: Some(DeviceId::new("phone")?), ..spec(true) })?;
         assert_eq!(v.authorize(&token, Operation::Write)?.device, Some(DeviceId::new("phone")?));
+        Ok(())
+    }
+
+    #[test]
+    fn describe_names_the_facts() -> Result<(), Box<dyn std::error::Error>> {
+        let (root, _) = setup();
+        let token = mint(&root, &TokenSpec { device: Some(DeviceId::new("phone")?), ..spec(false) })?;
+        let text = describe(&parse(&token, &root.public())?, &HashSet::new());
+        assert!(text.contains("user:      alice\n"), "{text}");
+        assert!(text.contains("device:    phone\n"), "{text}");
+        assert!(text.contains("rights:    read\n"), "{text}");
+        assert!(text.contains("(in 59m"), "{text}");
+        assert!(text.contains("revocation ids:"), "{text}");
         Ok(())
     }
 
