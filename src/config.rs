@@ -244,6 +244,7 @@ mod tests {
         let c = Config::resolve_with(&settings, None).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.db.backend(), Backend::Postgres);
+        assert_eq!(c.db.as_str(), "postgres://u@h/db?connect_timeout=5");
         assert_eq!(c.writers, 4);
         assert_eq!(c.limits.max_ops_per_push, 7);
         let settings = Settings { config: Some(path), listen: Some("127.0.0.1:1".into()), ..Settings::default() };

@@ -422,3 +422,46 @@ async fn two_nodes_on_one_postgres_keep_one_gapless_order() {
     }
     drop(b);
 }
+
+/// Postgres drops every connection (a restart, a failover): the server answers 503
+/// at worst, reconnects by itself, and loses nothing it acknowledged.
+#[actix_web::test]
+async fn lost_postgres_connections_are_replaced() {
+    use diesel::{Connection as _, RunQueryDsl as _};
+    let Some(s) = TestServer::start(Backend::Postgres).await else { return };
+    let c = s.client("alice");
+    let first = c.push(&push_of(vec![op(b"before")])).await.unwrap();
+    c.pull(0, None).await.unwrap();
+    let name = s.storage.pg.as_ref().unwrap().name.clone();
+    let mut admin = diesel::pg::PgConnection::establish(&format!("{}/postgres", pg_base_url())).unwrap();
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    ))
+    .execute(&mut admin)
+    .unwrap();
+    // Each request may meet one dead connection (503 unavailable); retries succeed.
+    let again = op(b"after");
+    let mut pushed = None;
+    for _ in 0..5 {
+        match c.push(&push_of(vec![again.clone()])).await {
+            Ok(res) => {
+                pushed = Some(res);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some("unavailable"), "{e}"),
+        }
+    }
+    assert_eq!(pushed.expect("the writer reconnects").results[0].seq, 2);
+    let mut log = None;
+    for _ in 0..10 {
+        match c.pull(0, None).await {
+            Ok(page) => {
+                log = Some(page);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some("unavailable"), "{e}"),
+        }
+    }
+    let log = log.expect("the pool replaces dead connections");
+    assert_eq!(log.ops.iter().map(|o| o.id).collect::<Vec<_>>(), vec![first.results[0].id, again.id]);
+}

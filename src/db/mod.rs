@@ -36,6 +36,8 @@ const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres
 
 /// How long a SQLite connection waits for a lock before it reports busy.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// Seconds libpq waits for a connection unless the URL says otherwise.
+const PG_CONNECT_TIMEOUT_S: u32 = 5;
 /// An arbitrary, fixed key for the advisory lock that serialises migrations when
 /// several nodes start at once on one Postgres.
 const PG_MIGRATION_LOCK: i64 = 0x6f70_7379_6e63;
@@ -95,7 +97,15 @@ impl DbUrl {
             return Ok(Self { backend: Backend::Sqlite, target: rest.to_owned() });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self { backend: Backend::Postgres, target: url.to_owned() });
+            // Without a connect timeout libpq waits for the OS (minutes) when the
+            // server's host does not answer; a request should get its 503 sooner.
+            let target = if url.contains("connect_timeout=") {
+                url.to_owned()
+            } else {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}connect_timeout={PG_CONNECT_TIMEOUT_S}")
+            };
+            return Ok(Self { backend: Backend::Postgres, target });
         }
         Err(DbError::BadUrl(redact(url)))
     }
@@ -177,9 +187,10 @@ pub fn pool(url: &DbUrl, size: u32, timeout: Duration) -> Result<DbPool, DbError
         .max_size(size.max(1))
         .min_idle(Some(1))
         .connection_timeout(timeout)
-        // A failed query marks a broken connection; pinging on every checkout would
-        // cost a round trip per request.
-        .test_on_check_out(false)
+        // diesel does not notice a Postgres connection that died outside a
+        // transaction (after a server restart), so Postgres connections are pinged
+        // when checked out and replaced if dead. A SQLite connection cannot die.
+        .test_on_check_out(url.backend == Backend::Postgres)
         .connection_customizer(Box::new(Configure))
         .build(manager)?;
     Ok(pool)
