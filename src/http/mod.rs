@@ -28,6 +28,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)));
 }
 
+/// Reads and decodes a request body in the format its Content-Type names.
+async fn decode_body<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<(Format, T), ApiError> {
+    let format = Format::of_request(req.headers())?;
+    let bytes = body::read(req, payload, limit).await?;
+    Ok((format, body::decode(format, &bytes)?))
+}
+
 /// `POST /v1/ops`: append ops; answered after the commit.
 async fn push(
     req: HttpRequest,
@@ -35,10 +46,7 @@ async fn push(
     auth: Auth<Write>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let format = Format::of_request(req.headers())?;
-    let bytes = body::read(&req, payload, state.log.limits().max_body_bytes).await?;
-    let request: PushRequest = body::decode(format, &bytes)?;
-    drop(bytes);
+    let (format, request): (_, PushRequest) = decode_body(&req, payload, state.log.limits().max_body_bytes).await?;
     let device = auth.device(request.device)?;
     if request.on_stale == Some(crate::protocol::OnStale::Reject) && request.expected_head.is_none() {
         return Err(ApiError::new(ErrorCode::InvalidField, "on_stale \"reject\" needs expected_head"));
@@ -90,9 +98,7 @@ async fn ack(
     auth: Auth<Write>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let format = Format::of_request(req.headers())?;
-    let bytes = body::read(&req, payload, state.log.limits().max_body_bytes).await?;
-    let request: AckRequest = body::decode(format, &bytes)?;
+    let (format, request): (_, AckRequest) = decode_body(&req, payload, state.log.limits().max_body_bytes).await?;
     let device = auth
         .device(request.device)?
         .ok_or_else(|| ApiError::new(ErrorCode::InvalidField, "device is required (in the body or the token)"))?;
@@ -131,9 +137,7 @@ async fn revoke(
     _admin: Auth<Admin>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let format = Format::of_request(req.headers())?;
-    let bytes = body::read(&req, payload, 64 * 1024).await?;
-    let request: RevokeRequest = body::decode(format, &bytes)?;
+    let (format, request): (_, RevokeRequest) = decode_body(&req, payload, 64 * 1024).await?;
     let mut ids = Vec::new();
     for token in &request.tokens {
         // Not `?`: a bad token in the body is a bad field, not a bad caller (401).

@@ -16,34 +16,38 @@ use crate::protocol::{AckResponse, DeviceStatus, Op, Payload, PullResponse, Push
 /// Rows per SELECT when paging, so a page's memory stays bounded by its byte budget.
 const READ_CHUNK: i64 = 256;
 
-type OpColumns = (
-    ops::seq,
-    ops::op_id,
-    ops::device,
-    ops::entity,
-    ops::kind,
-    ops::base,
-    ops::client_ts,
-    ops::received_at,
-    ops::payload,
-);
-const OP_COLUMNS: OpColumns = (
-    ops::seq,
-    ops::op_id,
-    ops::device,
-    ops::entity,
-    ops::kind,
-    ops::base,
-    ops::client_ts,
-    ops::received_at,
-    ops::payload,
-);
-type OpTuple = (i64, Vec<u8>, Option<String>, Option<String>, Option<String>, Option<i64>, Option<i64>, i64, Vec<u8>);
+/// An op row as pulls read it.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = ops)]
+struct OpRow {
+    seq: i64,
+    op_id: Vec<u8>,
+    device: Option<String>,
+    entity: Option<String>,
+    kind: Option<String>,
+    base: Option<i64>,
+    client_ts: Option<i64>,
+    received_at: i64,
+    payload: Vec<u8>,
+}
 
-fn op_from_row(row: OpTuple) -> Result<Op, LogError> {
-    let (seq, op_id, device, entity, kind, base, ts, received_at, payload) = row;
-    let id = OpId::from_slice(&op_id).map_err(|e| LogError::Corrupt(format!("op at seq {seq}: {e}")))?;
-    Ok(Op { seq, id, device, entity, kind, base, ts, received_at, payload: Payload(payload) })
+impl TryFrom<OpRow> for Op {
+    type Error = LogError;
+
+    fn try_from(row: OpRow) -> Result<Op, LogError> {
+        let id = OpId::from_slice(&row.op_id).map_err(|e| LogError::Corrupt(format!("op at seq {}: {e}", row.seq)))?;
+        Ok(Op {
+            seq: row.seq,
+            id,
+            device: row.device,
+            entity: row.entity,
+            kind: row.kind,
+            base: row.base,
+            ts: row.client_ts,
+            received_at: row.received_at,
+            payload: Payload(row.payload),
+        })
+    }
 }
 
 /// Appends a push inside the caller's write transaction. The outer `QueryResult`
@@ -169,17 +173,17 @@ pub fn pull(
     let mut cursor = since;
     'read: while cursor < head && page.len() < limit {
         let want = READ_CHUNK.min((limit - page.len()) as i64);
-        let rows: Vec<OpTuple> = ops::table
+        let rows: Vec<OpRow> = ops::table
             .filter(ops::user_id.eq(user.as_str()))
             .filter(ops::seq.gt(cursor))
             .filter(ops::seq.le(head))
             .order(ops::seq.asc())
             .limit(want)
-            .select(OP_COLUMNS)
+            .select(OpRow::as_select())
             .load(conn)?;
         let got = rows.len() as i64;
         for row in rows {
-            let op = op_from_row(row)?;
+            let op = Op::try_from(row)?;
             bytes += op.payload.0.len();
             cursor = op.seq;
             page.push(op);
