@@ -5,7 +5,10 @@
 //! On SQLite there is one writer (SQLite has one write lock anyway): while a commit
 //! waits for its fsync, new pushes queue up and go into the next transaction, so
 //! the cost of an fsync is shared by every push in it. On Postgres several writers
-//! run at once; pushes of one user are serialised by the lock on the user's row
+//! run at once, each with its own queue; a user's commands always go to the same
+//! writer (a hash of the user picks it), so on one node a hot user's pushes are
+//! merged by one writer instead of queueing on the user's row lock in several.
+//! Across nodes, pushes of one user are serialised by the lock on the user's row
 //! (see [`crate::db::dialect::lock_user`]). Every command (push or ack) takes its
 //! user's lock before it touches any other row, and each batch takes its users'
 //! locks in one fixed order (sorted by user), so two writers — or two nodes — do not
@@ -119,23 +122,28 @@ pub struct WriterStats {
 }
 
 /// The handle requests use to reach the writer threads.
+///
+/// Each writer has its own queue and every user is routed to one writer (by a hash
+/// of the user), so a node never has two of its writers wait on one user's lock:
+/// a hot user's pushes all go through one writer, which merges them.
 #[derive(Clone)]
 pub struct Writer {
-    tx: flume::Sender<Command>,
+    lanes: Arc<[flume::Sender<Command>]>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     stats: Arc<WriterStats>,
 }
 
 impl Writer {
     /// Starts `threads` writers on `url`, each with its own connection (opened now,
-    /// so a bad URL fails at start), behind a queue of `queue` commands.
+    /// so a bad URL fails at start) and a queue of `queue` commands.
     pub fn start(url: &DbUrl, threads: usize, queue: usize) -> Result<Self, DbError> {
-        let (tx, rx) = flume::bounded(queue.max(1));
         let stats = Arc::new(WriterStats::default());
         let mut handles = Vec::new();
+        let mut lanes = Vec::new();
         for i in 0..threads.max(1) {
             let conn = db::connect(url)?;
-            let rx = rx.clone();
+            let (tx, rx) = flume::bounded(queue.max(1));
+            lanes.push(tx);
             let url = url.clone();
             let stats = stats.clone();
             let handle = std::thread::Builder::new()
@@ -144,7 +152,14 @@ impl Writer {
                 .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
             handles.push(handle);
         }
-        Ok(Self { tx, threads: Arc::new(Mutex::new(handles)), stats })
+        Ok(Self { lanes: lanes.into(), threads: Arc::new(Mutex::new(handles)), stats })
+    }
+
+    /// The writer a user's commands go to.
+    fn lane_of(&self, user: &UserId) -> usize {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        (hash % self.lanes.len() as u64) as usize
     }
 
     /// What the writers have done so far.
@@ -155,7 +170,9 @@ impl Writer {
     /// Queues a command and waits for its answer.
     pub(crate) async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
         let (reply, answer) = oneshot::channel();
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, self.tx.send_async(make(reply))).await {
+        let command = make(reply);
+        let lane = &self.lanes[command.user().map_or(0, |user| self.lane_of(user))];
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, lane.send_async(command)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(LogError::Unavailable("the writer has stopped".into())),
             Err(_) => return Err(LogError::Unavailable("the write queue is full".into())),
@@ -173,8 +190,10 @@ impl Writer {
             Ok(mut h) => h.drain(..).collect(),
             Err(poisoned) => poisoned.into_inner().drain(..).collect(),
         };
-        for _ in &handles {
-            let _ = self.tx.send(Command::Shutdown);
+        if !handles.is_empty() {
+            for lane in self.lanes.iter() {
+                let _ = lane.send(Command::Shutdown);
+            }
         }
         for handle in handles {
             let _ = handle.join();
