@@ -22,6 +22,7 @@ pub const ROOT_KEY_FILE: &str = "root.key";
 
 /// Settings every subcommand reads (flags and environment variables).
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Settings (every subcommand; flags beat OPSYNC_* variables beat --config)")]
 pub struct Settings {
     /// A TOML file with any of these settings (flags and env win over it).
     #[arg(long, global = true, env = "OPSYNC_CONFIG", value_name = "FILE")]
