@@ -243,25 +243,24 @@ pub fn push_from(device: &str, ops: Vec<NewOp>) -> PushRequest {
 }
 
 /// Defines each listed `async fn name(server: TestServer)` as a test on SQLite and
-/// one on Postgres.
+/// one on Postgres; `limits = EXPR;` first starts the servers with those limits
+/// (the expression is evaluated inside the generated modules: use `super::`).
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
+        $crate::both_backends!(limits = ::opsync::log::Limits::default(); $($name),*);
+    };
+    (limits = $limits:expr; $($name:ident),* $(,)?) => {
+        $crate::both_backends!(@backend sqlite, Sqlite, $limits; $($name),*);
+        $crate::both_backends!(@backend postgres, Postgres, $limits; $($name),*);
+    };
+    (@backend $module:ident, $backend:ident, $limits:expr; $($name:ident),*) => {
+        mod $module {
             $(
                 #[actix_web::test]
                 async fn $name() {
-                    if let Some(server) = $crate::common::TestServer::start($crate::common::Backend::Sqlite).await {
-                        super::$name(server).await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[actix_web::test]
-                async fn $name() {
-                    if let Some(server) = $crate::common::TestServer::start($crate::common::Backend::Postgres).await {
+                    let backend = $crate::common::Backend::$backend;
+                    if let Some(server) = $crate::common::TestServer::start_with(backend, $limits).await {
                         super::$name(server).await;
                     }
                 }
