@@ -6,6 +6,7 @@
 //! only, a shorter expiry); the server honours every block. Every request is
 //! authorized by [`Verifier::authorize`], the one place the policy lives.
 
+mod cache;
 mod keys;
 pub mod revocation;
 
@@ -103,6 +104,7 @@ pub enum AuthError {
 pub struct Verifier {
     public: PublicKey,
     revoked: RevocationList,
+    cache: cache::AuthCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -114,7 +116,7 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier for tokens signed by `public`, refusing the ids in `revoked`.
     pub fn new(public: PublicKey, revoked: RevocationList) -> Self {
-        Self { public, revoked }
+        Self { public, revoked, cache: cache::AuthCache::default() }
     }
 
     /// The revocation list this verifier checks.
@@ -130,8 +132,13 @@ impl Verifier {
     /// Authorizes `token` for `op`: signature, revocation, every block's checks,
     /// then the server's policy. The one function every request goes through.
     pub fn authorize(&self, token: &str, op: Operation) -> Result<Principal, AuthError> {
-        let token = parse(token, &self.public)?;
-        if revocation_ids(&token).iter().any(|id| self.revoked.contains(id)) {
+        let text = token.trim();
+        if let Some(principal) = self.cache.get(text, op, |id| self.revoked.contains(id)) {
+            return Ok(principal);
+        }
+        let token = parse(text, &self.public)?;
+        let ids = revocation_ids(&token);
+        if ids.iter().any(|id| self.revoked.contains(id)) {
             return Err(AuthError::Revoked);
         }
         // The policy: a request is allowed if the authority block grants the right the
@@ -150,7 +157,11 @@ impl Verifier {
         .build(&token)
         .map_err(|e| AuthError::Invalid(e.to_string()))?;
         authorizer.authorize().map_err(|e| refusal(e, op))?;
-        principal(&mut authorizer)
+        let principal = principal(&mut authorizer)?;
+        if token.block_count() == 1 {
+            self.cache.put(text, op, &principal, ids);
+        }
+        Ok(principal)
     }
 }
 
@@ -391,6 +402,35 @@ mod tests {
         v.revocations().insert(own_revocation_id(&parsed));
         assert!(matches!(v.authorize(&token, Operation::Read), Err(AuthError::Revoked)));
         assert!(matches!(v.authorize(&sibling, Operation::Read), Err(AuthError::Revoked)));
+        Ok(())
+    }
+
+    #[test]
+    fn remembered_authorizations_still_honour_revocation_and_expiry() -> Result<(), Box<dyn std::error::Error>> {
+        let (root, v) = setup();
+        let token = mint(&root, &spec(true))?;
+        assert!(v.authorize(&token, Operation::Write).is_ok());
+        assert!(v.authorize(&token, Operation::Write).is_ok(), "a cache hit");
+        assert!(matches!(v.authorize(&token, Operation::Admin), Err(AuthError::Forbidden(_))), "per operation");
+        v.revocations().insert(own_revocation_id(&parse(&token, &root.public())?));
+        assert!(matches!(v.authorize(&token, Operation::Write), Err(AuthError::Revoked)));
+
+        let short = mint(&root, &TokenSpec { ttl: Duration::from_secs(1), ..spec(true) })?;
+        assert!(v.authorize(&short, Operation::Read).is_ok());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(matches!(v.authorize(&short, Operation::Read), Err(AuthError::Expired)));
+        Ok(())
+    }
+
+    #[test]
+    fn attenuated_tokens_are_always_checked_in_full() -> Result<(), Box<dyn std::error::Error>> {
+        let (root, v) = setup();
+        let parsed = parse(&mint(&root, &spec(true))?, &root.public())?;
+        // Expires in 1 s through an attenuation block the cache cannot see into.
+        let child = attenuate(&parsed, false, Some(Duration::from_secs(1)))?;
+        assert!(v.authorize(&child, Operation::Read).is_ok());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(matches!(v.authorize(&child, Operation::Read), Err(AuthError::Expired)));
         Ok(())
     }
 
