@@ -48,12 +48,6 @@ async fn push(
 ) -> Result<HttpResponse, ApiError> {
     let (format, request): (_, PushRequest) = decode_body(&req, payload, state.log.limits().max_body_bytes).await?;
     let device = auth.device(request.device)?;
-    if request.on_stale == Some(crate::protocol::OnStale::Reject) && request.expected_head.is_none() {
-        return Err(ApiError::new(ErrorCode::InvalidField, "on_stale \"reject\" needs expected_head"));
-    }
-    if let Some(head) = request.expected_head.filter(|h| *h < 0) {
-        return Err(ApiError::new(ErrorCode::InvalidField, format!("expected_head must be >= 0, got {head}")));
-    }
     let push = Push {
         user: auth.principal.user,
         device,

@@ -13,7 +13,7 @@ pub mod writer;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use sequencer::Rejection;
-pub use validate::{Invalid, Limits, validate_push};
+pub use validate::{Invalid, Limits, validate_head, validate_push};
 
 use crate::db::{DbPool, PooledConn};
 use crate::ids::{DeviceId, Seq, UserId};
@@ -121,6 +121,7 @@ impl Log {
 
     /// Appends a push to the user's log; answers after the commit.
     pub async fn push(&self, push: Push) -> Result<PushResponse, LogError> {
+        validate_head(push.expected_head, push.on_stale)?;
         validate_push(&push.ops, &self.limits, now_ms())?;
         self.writer.submit(|reply| Command::Push(push, reply)).await
     }

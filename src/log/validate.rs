@@ -2,7 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::protocol::NewOp;
+use crate::ids::Seq;
+use crate::protocol::{NewOp, OnStale};
 
 /// Size limits, configurable (see the README's configuration table).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -77,6 +78,16 @@ pub enum Invalid {
     /// A bad field outside the ops.
     #[error("{0}")]
     Field(String),
+}
+
+/// Validates a push's optimistic-locking fields: a head is never negative, and
+/// refusing a stale head needs a head to compare.
+pub fn validate_head(expected_head: Option<Seq>, on_stale: OnStale) -> Result<(), Invalid> {
+    match expected_head {
+        Some(head) if head < 0 => Err(Invalid::Field(format!("expected_head must be >= 0, got {head}"))),
+        None if on_stale == OnStale::Reject => Err(Invalid::Field("on_stale \"reject\" needs expected_head".into())),
+        _ => Ok(()),
+    }
 }
 
 /// Validates a push against the limits and the op rules; `now` in ms.
@@ -154,5 +165,13 @@ mod tests {
         assert!(matches!(validate_push(&[empty_entity], &l, now), Err(Invalid::Op { .. })));
         let fine = NewOp { entity: Some("e".into()), base: Some(0), kind: Some("put".into()), ts: Some(now), ..op() };
         assert_eq!(validate_push(&[fine], &l, now), Ok(()));
+    }
+
+    #[test]
+    fn head_rules() {
+        assert!(matches!(validate_head(Some(-1), OnStale::Accept), Err(Invalid::Field(_))));
+        assert!(matches!(validate_head(None, OnStale::Reject), Err(Invalid::Field(_))));
+        assert_eq!(validate_head(None, OnStale::Accept), Ok(()));
+        assert_eq!(validate_head(Some(0), OnStale::Reject), Ok(()));
     }
 }

@@ -95,13 +95,11 @@ impl Command {
         match (self, outcome) {
             (Command::Push(_, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
             (Command::Ack { reply, .. }, Ok(Outcome::Ack(r))) => drop(reply.send(r)),
+            (Command::Shutdown, _) => {}
+            // `apply` pairs each command with its own outcome; this arm is a guard.
+            (command, Ok(_)) => command.answer(Err(LogError::Corrupt("mismatched outcome".into()))),
             (Command::Push(_, reply), Err(e)) => drop(reply.send(Err(e))),
             (Command::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
-            (Command::Push(_, reply), Ok(_)) => drop(reply.send(Err(LogError::Corrupt("mismatched outcome".into())))),
-            (Command::Ack { reply, .. }, Ok(_)) => {
-                drop(reply.send(Err(LogError::Corrupt("mismatched outcome".into()))))
-            }
-            (Command::Shutdown, _) => {}
         }
     }
 }
