@@ -55,7 +55,7 @@ impl AppState {
 
     /// Whether the database holds no user yet (a fresh deployment).
     pub async fn is_empty(&self) -> Result<bool, ApiError> {
-        Ok(!self.log.read(|conn| store::has_users(conn).map_err(Into::into)).await?)
+        Ok(!self.log.with_conn(|conn| store::has_users(conn).map_err(Into::into)).await?)
     }
 
     /// Finishes queued writes and stops the writer threads.
@@ -96,7 +96,7 @@ async fn refresh_revocations(state: web::Data<AppState>) {
     loop {
         tick.tick().await;
         let list = state.verifier.revocations().clone();
-        if let Err(e) = state.log.read(move |conn| list.reload(conn).map_err(Into::into)).await {
+        if let Err(e) = state.log.with_conn(move |conn| list.reload(conn).map_err(Into::into)).await {
             tracing::warn!(error = %e, "cannot refresh the revocation list");
         }
     }

@@ -149,7 +149,7 @@ async fn revoke(
         return Err(ApiError::new(ErrorCode::InvalidField, "name at least one token or id"));
     }
     let stored = ids.clone();
-    state.log.read(move |conn| crate::auth::revoke(conn, &stored).map_err(Into::into)).await?;
+    state.log.with_conn(move |conn| crate::auth::revoke(conn, &stored).map_err(Into::into)).await?;
     for id in &ids {
         state.verifier.revocations().insert(id.clone());
     }

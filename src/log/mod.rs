@@ -114,11 +114,6 @@ impl Log {
         &self.limits
     }
 
-    /// The pool, for other read-only callers (readiness, revocations).
-    pub fn pool(&self) -> &DbPool {
-        &self.pool
-    }
-
     /// Appends a push to the user's log; answers after the commit.
     pub async fn push(&self, push: Push) -> Result<PushResponse, LogError> {
         validate_head(push.expected_head, push.on_stale)?;
@@ -138,12 +133,12 @@ impl Log {
     pub async fn pull(&self, user: UserId, since: Seq, limit: usize) -> Result<PullResponse, LogError> {
         let limit = limit.clamp(1, self.limits.max_page_ops);
         let max_bytes = self.limits.max_page_bytes;
-        self.read(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await
+        self.with_conn(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await
     }
 
     /// The user's head and devices.
     pub async fn status(&self, user: UserId) -> Result<StatusResponse, LogError> {
-        self.read(move |conn| store::status(conn, &user)).await
+        self.with_conn(move |conn| store::status(conn, &user)).await
     }
 
     /// How the writers have merged commands into transactions so far.
@@ -158,11 +153,12 @@ impl Log {
 
     /// Whether the database answers.
     pub async fn ready(&self) -> Result<(), LogError> {
-        self.read(|conn| store::ping(conn).map_err(LogError::from)).await
+        self.with_conn(|conn| store::ping(conn).map_err(LogError::from)).await
     }
 
-    /// Runs a read on a pooled connection off the async workers.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, LogError>
+    /// Runs `f` on a pooled connection, off the async workers: reads, and the rare
+    /// writes that need no sequencing (revocations).
+    pub async fn with_conn<T, F>(&self, f: F) -> Result<T, LogError>
     where
         T: Send + 'static,
         F: FnOnce(&mut PooledConn) -> Result<T, LogError> + Send + 'static,

@@ -199,7 +199,7 @@ impl TestServer {
         let user = user.to_owned();
         self.state
             .log
-            .read(move |conn| {
+            .with_conn(move |conn| {
                 use diesel::prelude::*;
                 use opsync::db::schema::ops;
                 Ok(ops::table.filter(ops::user_id.eq(user)).count().get_result::<i64>(&mut **conn)?)
@@ -212,7 +212,7 @@ impl TestServer {
     pub async fn total_ops(&self) -> i64 {
         self.state
             .log
-            .read(|conn| {
+            .with_conn(|conn| {
                 use diesel::prelude::*;
                 use opsync::db::schema::ops;
                 Ok(ops::table.count().get_result::<i64>(&mut **conn)?)
