@@ -154,3 +154,22 @@ pub(crate) fn insert_ops(conn: &mut DbConn, rows: &[OpInsert<'_>]) -> QueryResul
     }
     Ok(())
 }
+
+/// The Postgres channel commits are announced on, for the other nodes.
+pub const NOTIFY_CHANNEL: &str = "opsync_commits";
+
+/// Announces committed seq ranges to the other nodes (Postgres only; SQLite has one
+/// node). Runs inside the write transaction: Postgres delivers the notifications at
+/// COMMIT, in commit order, and drops them on rollback. Each payload is
+/// `NODE FROM TO USER` (the user last: it may contain anything but whitespace).
+pub(crate) fn notify_commits(conn: &mut DbConn, node: &str, ranges: &[(&str, i64, i64)]) -> QueryResult<()> {
+    let DbConn::Pg(c) = conn else { return Ok(()) };
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<String> = ranges.iter().map(|(user, from, to)| format!("{node} {from} {to} {user}")).collect();
+    diesel::sql_query(format!("SELECT pg_notify('{NOTIFY_CHANNEL}', p) FROM unnest($1::text[]) AS p"))
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(payloads)
+        .execute(c)
+        .map(drop)
+}

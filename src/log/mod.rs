@@ -17,7 +17,7 @@ pub use validate::{Invalid, Limits, validate_head, validate_push};
 
 use crate::db::{DbPool, PooledConn};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::protocol::{AckResponse, NewOp, OnStale, PullResponse, PushResponse, StatusResponse};
+use crate::protocol::{AckResponse, NewOp, OnStale, Op, PullResponse, PushResponse, StatusResponse};
 use writer::{Command, Writer};
 
 /// Milliseconds since the Unix epoch.
@@ -90,6 +90,52 @@ pub struct Push {
     pub expected_head: Option<Seq>,
     /// What to do if it is behind.
     pub on_stale: OnStale,
+    /// The WebSocket session that sent it (its own ops are answered with `pushed`,
+    /// not echoed back as `ops`); `None` for HTTP.
+    pub origin: Option<u64>,
+}
+
+/// Ops that have just committed, handed to live delivery once per commit.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Whose log.
+    pub user: UserId,
+    /// The new ops, consecutive seqs in order.
+    pub ops: Vec<Op>,
+    /// The session that pushed them, if it was a WebSocket session.
+    pub origin: Option<u64>,
+    /// When the commit returned, microseconds since the Unix epoch.
+    pub committed_us: i64,
+}
+
+/// Where the writers announce commits: the node's live-delivery layer.
+pub trait CommitSink: Send + Sync + 'static {
+    /// Whether anyone on this node listens to `user` (if not, the ops are not built).
+    fn wants(&self, user: &UserId) -> bool;
+    /// Called once per transaction, after COMMIT and after the writers answered the
+    /// pushes, with that transaction's commits in commit order. Must not block.
+    fn committed(&self, commits: Vec<Committed>);
+    /// This node's id, carried by the notifications other nodes receive.
+    fn node_id(&self) -> &str;
+}
+
+/// A sink for processes that serve no live clients (the CLI).
+#[derive(Debug, Default)]
+pub struct NoSink;
+
+impl CommitSink for NoSink {
+    fn wants(&self, _: &UserId) -> bool {
+        false
+    }
+    fn committed(&self, _: Vec<Committed>) {}
+    fn node_id(&self) -> &str {
+        "cli"
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// The log service: the writer for writes, the pool for reads.
@@ -116,9 +162,16 @@ impl Log {
 
     /// Appends a push to the user's log; answers after the commit.
     pub async fn push(&self, push: Push) -> Result<PushResponse, LogError> {
+        self.start_push(push).await?.wait().await
+    }
+
+    /// Validates and queues a push, returning the wait for its commit. Pushes a
+    /// caller starts one after the other are sequenced in that order (a WebSocket
+    /// session pipelines its pushes this way).
+    pub async fn start_push(&self, push: Push) -> Result<writer::Pending<PushResponse>, LogError> {
         validate_head(push.expected_head, push.on_stale)?;
         validate_push(&push.ops, &self.limits, now_ms())?;
-        self.writer.submit(|reply| Command::Push(push, reply)).await
+        self.writer.enqueue(|reply| Command::Push(push, reply)).await
     }
 
     /// Records how far a device has applied the log (never backwards, never beyond head).
@@ -134,6 +187,11 @@ impl Log {
         let limit = limit.clamp(1, self.limits.max_page_ops);
         let max_bytes = self.limits.max_page_bytes;
         self.with_conn(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await
+    }
+
+    /// The user's head (0 before the first op).
+    pub async fn head(&self, user: UserId) -> Result<Seq, LogError> {
+        self.with_conn(move |conn| store::head(conn, &user).map_err(LogError::from)).await
     }
 
     /// The user's head and devices.

@@ -28,10 +28,10 @@ use std::time::Duration;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tokio::sync::oneshot;
 
-use super::{LogError, Push, now_ms, store};
+use super::{CommitSink, Committed, LogError, Push, now_ms, now_us, store};
 use crate::db::{self, DbConn, DbError, DbUrl, dialect};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::protocol::{AckResponse, PushResponse};
+use crate::protocol::{AckResponse, Op, OpStatus, PushResponse};
 
 /// The most commands merged into one transaction.
 const MAX_BATCH_COMMANDS: usize = 512;
@@ -89,6 +89,48 @@ impl Command {
         })
     }
 
+    /// Answers a committed command and, for a push that stored ops someone on this
+    /// node listens to, returns them for live delivery (moved, not copied).
+    fn finish(self, outcome: Outcome, now: i64, sink: &dyn CommitSink) -> Option<Committed> {
+        let Command::Push(push, reply) = self else {
+            self.answer(Ok(outcome));
+            return None;
+        };
+        let Outcome::Push(Ok(response)) = outcome else {
+            Command::Push(push, reply).answer(Ok(outcome));
+            return None;
+        };
+        // Results are in the pushed order, one per op.
+        let stored: Vec<Option<Seq>> =
+            response.results.iter().map(|r| (r.status == OpStatus::Stored).then_some(r.seq)).collect();
+        let wanted = stored.iter().any(Option::is_some) && sink.wants(&push.user);
+        // The answer goes first: a session sees its own `pushed` before the frame
+        // of the same commit reaches its outbox.
+        drop(reply.send(Ok(response)));
+        if !wanted {
+            return None;
+        }
+        let Push { user, device, ops: new_ops, origin, .. } = push;
+        let device = device.map(|d| d.as_str().to_owned());
+        let mut ops: Vec<Op> = Vec::with_capacity(stored.len());
+        for (op, seq) in new_ops.into_iter().zip(stored) {
+            let Some(seq) = seq else { continue };
+            ops.push(Op {
+                seq,
+                id: op.id,
+                device: device.clone(),
+                entity: op.entity,
+                kind: op.kind,
+                base: op.base,
+                ts: op.ts,
+                received_at: now,
+                payload: op.payload,
+            });
+        }
+        ops.sort_by_key(|op| op.seq);
+        Some(Committed { user, ops, origin, committed_us: 0 })
+    }
+
     /// Sends the outcome (or an error) to whoever waits for it.
     fn answer(self, outcome: Result<Outcome, LogError>) {
         // A dropped receiver means the client went away; the write stands either way.
@@ -119,6 +161,21 @@ pub struct WriterStats {
     pub commands: AtomicU64,
 }
 
+/// A queued command's answer, to wait for.
+#[derive(Debug)]
+pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the commit (or the failure).
+    pub async fn wait(self) -> Result<T, LogError> {
+        match tokio::time::timeout(COMMIT_TIMEOUT, self.0).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(LogError::Unavailable("the writer stopped before answering".into())),
+            Err(_) => Err(LogError::Unavailable("no commit within the timeout".into())),
+        }
+    }
+}
+
 /// The handle requests use to reach the writer threads.
 ///
 /// Each writer has its own queue and every user is routed to one writer (by a hash
@@ -127,14 +184,16 @@ pub struct WriterStats {
 #[derive(Clone)]
 pub struct Writer {
     lanes: Arc<[flume::Sender<Command>]>,
+    sink: Arc<dyn CommitSink>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     stats: Arc<WriterStats>,
 }
 
 impl Writer {
     /// Starts `threads` writers on `url`, each with its own connection (opened now,
-    /// so a bad URL fails at start) and a queue of `queue` commands.
-    pub fn start(url: &DbUrl, threads: usize, queue: usize) -> Result<Self, DbError> {
+    /// so a bad URL fails at start) and a queue of `queue` commands. Commits are
+    /// announced to `sink` (and, on Postgres, to the other nodes).
+    pub fn start(url: &DbUrl, threads: usize, queue: usize, sink: Arc<dyn CommitSink>) -> Result<Self, DbError> {
         let stats = Arc::new(WriterStats::default());
         let mut handles = Vec::new();
         let mut lanes = Vec::new();
@@ -144,13 +203,14 @@ impl Writer {
             lanes.push(tx);
             let url = url.clone();
             let stats = stats.clone();
+            let sink = sink.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("opsync-writer-{i}"))
-                .spawn(move || run(&url, &rx, Some(conn), &stats))
+                .spawn(move || run(&url, &rx, Some(conn), &stats, &*sink))
                 .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
             handles.push(handle);
         }
-        Ok(Self { lanes: lanes.into(), threads: Arc::new(Mutex::new(handles)), stats })
+        Ok(Self { lanes: lanes.into(), sink, threads: Arc::new(Mutex::new(handles)), stats })
     }
 
     /// The writer a user's commands go to.
@@ -165,8 +225,19 @@ impl Writer {
         &self.stats
     }
 
+    /// Where commits are announced.
+    pub fn sink(&self) -> &Arc<dyn CommitSink> {
+        &self.sink
+    }
+
     /// Queues a command and waits for its answer.
     pub(crate) async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+        self.enqueue(make).await?.wait().await
+    }
+
+    /// Queues a command (waiting for room) and returns the wait for its answer:
+    /// commands queued one after the other by one caller commit in that order.
+    pub(crate) async fn enqueue<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<Pending<T>, LogError> {
         let (reply, answer) = oneshot::channel();
         let command = make(reply);
         let lane = &self.lanes[command.user().map_or(0, |user| self.lane_of(user))];
@@ -175,11 +246,7 @@ impl Writer {
             Ok(Err(_)) => return Err(LogError::Unavailable("the writer has stopped".into())),
             Err(_) => return Err(LogError::Unavailable("the write queue is full".into())),
         }
-        match tokio::time::timeout(COMMIT_TIMEOUT, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(LogError::Unavailable("the writer stopped before answering".into())),
-            Err(_) => Err(LogError::Unavailable("no commit within the timeout".into())),
-        }
+        Ok(Pending(answer))
     }
 
     /// Lets the writers finish what is queued, then stops and joins them.
@@ -200,7 +267,13 @@ impl Writer {
 }
 
 /// One writer thread's loop.
-fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>, stats: &WriterStats) {
+fn run(
+    url: &DbUrl,
+    rx: &flume::Receiver<Command>,
+    mut conn: Option<DbConn>,
+    stats: &WriterStats,
+    sink: &dyn CommitSink,
+) {
     loop {
         let first = match rx.recv() {
             Ok(Command::Shutdown) | Err(_) => return,
@@ -225,7 +298,7 @@ fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>, sta
         // A panic must not take the only SQLite writer down with it: the batch's
         // waiters get `unavailable` (their senders drop) and the connection, which
         // may be mid-transaction, is replaced.
-        let run = std::panic::AssertUnwindSafe(|| process(url, &mut conn, batch, stats));
+        let run = std::panic::AssertUnwindSafe(|| process(url, &mut conn, batch, stats, sink));
         if std::panic::catch_unwind(run).is_err() {
             tracing::error!("writer panicked; reconnecting");
             conn = None;
@@ -237,7 +310,13 @@ fn run(url: &DbUrl, rx: &flume::Receiver<Command>, mut conn: Option<DbConn>, sta
 }
 
 /// Applies a batch in one transaction and answers every command.
-fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>, stats: &WriterStats) {
+fn process(
+    url: &DbUrl,
+    slot: &mut Option<DbConn>,
+    mut batch: Vec<Command>,
+    stats: &WriterStats,
+    sink: &dyn CommitSink,
+) {
     // Stable: each user's commands keep their arrival order; users are locked in
     // ascending order.
     batch.sort_by(|a, b| a.user().cmp(&b.user()));
@@ -255,13 +334,21 @@ fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>, stat
         },
     };
     let started = std::time::Instant::now();
-    match transaction(conn, &batch, now_ms()) {
+    let now = now_ms();
+    match transaction(conn, &batch, now, sink.node_id()) {
         Ok(outcomes) => {
+            let committed_us = now_us();
             tracing::trace!(commands = batch.len(), elapsed = ?started.elapsed(), "batch committed");
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            for (command, outcome) in batch.into_iter().zip(outcomes) {
-                command.answer(Ok(outcome));
+            let commits: Vec<Committed> = batch
+                .into_iter()
+                .zip(outcomes)
+                .filter_map(|(command, outcome)| command.finish(outcome, now, sink))
+                .map(|commit| Committed { committed_us, ..commit })
+                .collect();
+            if !commits.is_empty() {
+                sink.committed(commits);
             }
         }
         Err(e) if is_disconnect(&e) => {
@@ -279,17 +366,20 @@ fn process(url: &DbUrl, slot: &mut Option<DbConn>, mut batch: Vec<Command>, stat
         Err(e) => {
             tracing::debug!(error = %e, commands = batch.len(), "batch failed; retrying its commands one by one");
             for command in batch {
-                process(url, slot, vec![command], stats);
+                process(url, slot, vec![command], stats, sink);
             }
         }
     }
 }
 
-/// BEGIN, every command, COMMIT; any statement error rolls everything back.
-fn transaction(conn: &mut DbConn, batch: &[Command], now: i64) -> Result<Vec<Outcome>, DieselError> {
+/// BEGIN, every command, the notification for other nodes, COMMIT; any statement
+/// error rolls everything back.
+fn transaction(conn: &mut DbConn, batch: &[Command], now: i64, node: &str) -> Result<Vec<Outcome>, DieselError> {
     dialect::begin_write(conn)?;
     let applied: Result<Vec<Outcome>, DieselError> = batch.iter().map(|c| c.apply(conn, now)).collect();
-    match applied.and_then(|outcomes| dialect::commit(conn).map(|()| outcomes)) {
+    let notified = applied
+        .and_then(|outcomes| dialect::notify_commits(conn, node, &stored_ranges(batch, &outcomes)).map(|()| outcomes));
+    match notified.and_then(|outcomes| dialect::commit(conn).map(|()| outcomes)) {
         Ok(outcomes) => Ok(outcomes),
         Err(e) => {
             if let Err(rollback) = dialect::rollback(conn) {
@@ -298,6 +388,23 @@ fn transaction(conn: &mut DbConn, batch: &[Command], now: i64) -> Result<Vec<Out
             Err(e)
         }
     }
+}
+
+/// Per user, the seq range the batch stored: `(user, first, last)`. A user's
+/// pushes in one batch are adjacent (the batch is sorted by user) and their ops
+/// consecutive, so one range covers them.
+fn stored_ranges<'a>(batch: &'a [Command], outcomes: &[Outcome]) -> Vec<(&'a str, Seq, Seq)> {
+    let mut ranges: Vec<(&str, Seq, Seq)> = Vec::new();
+    for (command, outcome) in batch.iter().zip(outcomes) {
+        let (Command::Push(push, _), Outcome::Push(Ok(response))) = (command, outcome) else { continue };
+        let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
+        let (Some(first), Some(last)) = (stored.clone().min(), stored.max()) else { continue };
+        match ranges.last_mut() {
+            Some((user, _, to)) if *user == push.user.as_str() => *to = (*to).max(last),
+            _ => ranges.push((push.user.as_str(), first, last)),
+        }
+    }
+    ranges
 }
 
 fn is_disconnect(e: &DieselError) -> bool {
