@@ -10,10 +10,13 @@ use biscuit_auth::PublicKey;
 
 use crate::auth::{REFRESH_INTERVAL, RevocationList, Verifier};
 use crate::config::Config;
-use crate::db::{self, DbError};
+use std::sync::Arc;
+
+use crate::db::{self, Backend, DbError};
 use crate::error::{ApiError, ErrorCode};
 use crate::log::writer::Writer;
 use crate::log::{Log, store};
+use crate::realtime::Realtime;
 
 /// How long a request waits for a pooled connection before it gets a 503.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,6 +30,8 @@ pub struct AppState {
     pub log: Log,
     /// Token verification.
     pub verifier: Verifier,
+    /// Live delivery: hubs, sessions, long-polls.
+    pub realtime: Realtime,
 }
 
 /// Failures at start.
@@ -49,8 +54,16 @@ impl AppState {
         revoked.reload(&mut conn).map_err(DbError::from)?;
         drop(conn);
         let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT)?;
-        let writer = Writer::start(&config.db, config.writers, WRITE_QUEUE)?;
-        Ok(Self { log: Log::new(writer, pool, config.limits.clone()), verifier: Verifier::new(root, revoked) })
+        let realtime = Realtime::new(pool.clone(), config.realtime.clone());
+        let writer = Writer::start(&config.db, config.writers, WRITE_QUEUE, Arc::new(realtime.clone()))?;
+        if config.db.backend() == Backend::Postgres {
+            realtime.start_listener(&config.db)?;
+        }
+        Ok(Self {
+            log: Log::new(writer, pool, config.limits.clone()),
+            verifier: Verifier::new(root, revoked),
+            realtime,
+        })
     }
 
     /// Whether the database holds no user yet (a fresh deployment).
@@ -58,8 +71,9 @@ impl AppState {
         Ok(!self.log.with_conn(|conn| store::has_users(conn).map_err(Into::into)).await?)
     }
 
-    /// Finishes queued writes and stops the writer threads.
+    /// Closes the live sessions, finishes queued writes and stops the writer threads.
     pub fn shutdown(&self) {
+        self.realtime.shutdown();
         self.log.shutdown();
     }
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::db::{Backend, DbError, DbUrl};
 use crate::log::Limits;
+use crate::realtime::RealtimeConfig;
 
 /// The data directory when none is given.
 pub const DEFAULT_DATA_DIR: &str = "./opsync-data";
@@ -58,6 +59,10 @@ pub struct Settings {
     /// Most bytes in one request body, after decompression [default: 8388608].
     #[arg(long, global = true, env = "OPSYNC_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Origins whose pages may open WebSockets, comma-separated (`*`: any); the
+    /// server's own origin and clients without an Origin are always allowed.
+    #[arg(long, global = true, env = "OPSYNC_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// The optional TOML file: the same settings, by the same names.
@@ -80,6 +85,8 @@ pub struct FileSettings {
     pub writers: Option<usize>,
     /// Size limits.
     pub limits: Option<Limits>,
+    /// `[realtime]`: WebSocket and long-poll tunables.
+    pub realtime: Option<RealtimeConfig>,
 }
 
 /// Where the root key comes from.
@@ -126,6 +133,8 @@ pub struct Config {
     pub writers: usize,
     /// Size limits.
     pub limits: Limits,
+    /// WebSocket and long-poll tunables.
+    pub realtime: RealtimeConfig,
 }
 
 /// A setting that cannot be used.
@@ -201,7 +210,29 @@ impl Config {
         positive("max_body_bytes", limits.max_body_bytes)?;
         positive("max_page_ops", limits.max_page_ops)?;
         positive("max_page_bytes", limits.max_page_bytes)?;
-        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits })
+        let mut realtime = file.realtime.unwrap_or_default();
+        if let Some(origins) = &settings.allowed_origins {
+            realtime.allowed_origins = origins.iter().map(|o| o.trim().to_owned()).filter(|o| !o.is_empty()).collect();
+        }
+        positive("realtime.outbox_frames", realtime.outbox_frames)?;
+        positive("realtime.outbox_bytes", realtime.outbox_bytes)?;
+        positive("realtime.max_frame_bytes", realtime.max_frame_bytes)?;
+        for (name, ms) in [
+            ("realtime.hello_timeout_ms", realtime.hello_timeout_ms),
+            ("realtime.heartbeat_ms", realtime.heartbeat_ms),
+            ("realtime.idle_timeout_ms", realtime.idle_timeout_ms),
+            ("realtime.send_timeout_ms", realtime.send_timeout_ms),
+            ("realtime.token_check_ms", realtime.token_check_ms),
+        ] {
+            positive(name, usize::try_from(ms).unwrap_or(usize::MAX))?;
+        }
+        if realtime.idle_timeout_ms <= realtime.heartbeat_ms {
+            return Err(ConfigError::Invalid {
+                name: "realtime.idle_timeout_ms",
+                reason: "must be longer than realtime.heartbeat_ms".into(),
+            });
+        }
+        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime })
     }
 }
 

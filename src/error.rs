@@ -57,6 +57,16 @@ pub enum ErrorCode {
     Forbidden,
     /// The token is bound to another device than the request names.
     DeviceMismatch,
+    /// A WebSocket page from an origin that is not allowed.
+    OriginNotAllowed,
+    /// `GET /v1/ws` without a WebSocket upgrade.
+    UpgradeRequired,
+    /// A WebSocket frame that is not one MessagePack map of a known shape (or a text frame).
+    MalformedFrame,
+    /// A WebSocket message whose `type` this server does not know.
+    UnknownMessage,
+    /// A WebSocket message that is not allowed now (a second `hello`, anything before `hello`).
+    UnexpectedMessage,
     /// No such route.
     NotFound,
     /// The route exists with other methods.
@@ -72,16 +82,16 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush => {
-                StatusCode::BAD_REQUEST
-            }
+            MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush
+            | MalformedFrame | UnknownMessage | UnexpectedMessage => StatusCode::BAD_REQUEST,
+            UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             BodyTooLarge | TooManyOps | OpTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             OpIdConflict | StaleHead | HeadAhead | EntityConflict | SinceBeyondHead | SeqBeyondHead => {
                 StatusCode::CONFLICT
             }
             InvalidToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
-            Forbidden | DeviceMismatch => StatusCode::FORBIDDEN,
+            Forbidden | DeviceMismatch | OriginNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -115,6 +125,11 @@ impl ErrorCode {
             TokenRevoked => "token_revoked",
             Forbidden => "forbidden",
             DeviceMismatch => "device_mismatch",
+            OriginNotAllowed => "origin_not_allowed",
+            UpgradeRequired => "upgrade_required",
+            MalformedFrame => "malformed_frame",
+            UnknownMessage => "unknown_message",
+            UnexpectedMessage => "unexpected_message",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Unavailable => "unavailable",

@@ -15,3 +15,4 @@ pub mod http;
 pub mod ids;
 pub mod log;
 pub mod protocol;
+pub mod realtime;

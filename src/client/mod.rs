@@ -1,6 +1,8 @@
 //! A Rust client of the HTTP protocol, used by the tests and the load generator.
 //! It speaks JSON or MessagePack and returns the server's typed answers.
 
+pub mod ws;
+
 use actix_web::http::header;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -81,6 +83,11 @@ impl Client {
             None => format!("/v1/ops?since={since}"),
         };
         self.send::<(), _>(awc::http::Method::GET, &path, None).await
+    }
+
+    /// Long-polls: one page after `since`, held up to `wait` seconds for a commit.
+    pub async fn pull_wait(&self, since: Seq, wait: u64) -> Result<PullResponse, ClientError> {
+        self.send::<(), _>(awc::http::Method::GET, &format!("/v1/ops?since={since}&wait={wait}"), None).await
     }
 
     /// Pulls every op after `since`, page by page.

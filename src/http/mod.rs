@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod ws;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -23,6 +24,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ops").post(push).get(pull).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/v1/ws").get(ws::connect).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ack").post(ack).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/status").get(status).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)));
@@ -54,6 +56,7 @@ async fn push(
         ops: request.ops,
         expected_head: request.expected_head,
         on_stale: request.on_stale.unwrap_or_default(),
+        origin: None,
     };
     let response = state.log.push(push).await?;
     body::respond(Format::for_response(req.headers(), Some(format)), StatusCode::OK, &response)
@@ -65,9 +68,13 @@ struct PullQuery {
     #[serde(default)]
     since: i64,
     limit: Option<usize>,
+    /// Long-poll: hold the request up to this many seconds for a commit.
+    #[serde(default)]
+    wait: u64,
 }
 
-/// `GET /v1/ops?since=N&limit=L`: one page of the log.
+/// `GET /v1/ops?since=N&limit=L[&wait=S]`: one page of the log. With `wait`, an
+/// empty page is held until a commit of the user (on any node) or S seconds.
 async fn pull(
     req: HttpRequest,
     query: web::Query<PullQuery>,
@@ -80,8 +87,25 @@ async fn pull(
     if query.limit == Some(0) {
         return Err(ApiError::new(ErrorCode::InvalidQuery, "limit must be >= 1"));
     }
+    let max_wait = state.realtime.config().max_wait_secs;
+    if query.wait > max_wait {
+        return Err(ApiError::new(ErrorCode::InvalidQuery, format!("wait must be at most {max_wait} seconds")));
+    }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_OPS);
-    let page = state.log.pull(auth.principal.user, query.since, limit).await?;
+    let user = auth.principal.user;
+    let page = if query.wait == 0 {
+        state.log.pull(user, query.since, limit).await?
+    } else {
+        // Registered before the read: a commit after it fires the watch, one before
+        // it is in the read.
+        let mut watch = state.realtime.watch(&user).await.map_err(ApiError::unavailable)?;
+        let page = state.log.pull(user.clone(), query.since, limit).await?;
+        if page.ops.is_empty() && watch.wait(std::time::Duration::from_secs(query.wait)).await {
+            state.log.pull(user, query.since, limit).await?
+        } else {
+            page
+        }
+    };
     body::respond(Format::for_response(req.headers(), None), StatusCode::OK, &page)
 }
 

@@ -145,8 +145,19 @@ impl TestServer {
 
     /// Starts a server on existing storage with an existing root key.
     pub fn on(storage: Storage, root: KeyPair, limits: Limits) -> Self {
+        Self::on_configured(storage, root, |config| config.limits = limits)
+    }
+
+    /// Starts a server whose configuration `configure` adjusts.
+    pub async fn start_configured(backend: Backend, configure: impl FnOnce(&mut Config)) -> Option<Self> {
+        let storage = Storage::new(backend)?;
+        Some(Self::on_configured(storage, auth::generate_root(), configure))
+    }
+
+    /// Starts a server on existing storage, with a configuration `configure` adjusts.
+    pub fn on_configured(storage: Storage, root: KeyPair, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::resolve_with(&storage.settings(), None).unwrap();
-        config.limits = limits;
+        configure(&mut config);
         let state = web::Data::new(AppState::open(&config, root.public()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -161,9 +172,9 @@ impl TestServer {
     pub async fn restart(self) -> Self {
         self.handle.stop(true).await;
         self.state.shutdown();
-        let limits = self.config.limits.clone();
+        let config = self.config.clone();
         let Self { root, storage, .. } = self;
-        Self::on(storage, root, limits)
+        Self::on_configured(storage, root, |c| *c = config)
     }
 
     pub fn backend(&self) -> Backend {
