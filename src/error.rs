@@ -253,7 +253,7 @@ impl From<crate::log::LogError> for ApiError {
                 ApiError::new(ErrorCode::SeqBeyondHead, e.to_string()).with_head(head)
             }
             LogError::Unavailable(cause) => ApiError::unavailable(cause),
-            LogError::Db(_) | LogError::Corrupt(_) => ApiError::internal(e),
+            LogError::Db(_) | LogError::Corrupt(_) | LogError::Answered(_) => ApiError::internal(e),
         }
     }
 }

@@ -343,17 +343,35 @@ async fn bad_frames_get_errors_or_close_codes_and_the_server_carries_on(backend:
     }
     conn.send(&ClientMsg::Ack { seq: 99 }).await.unwrap();
     expect_error(conn.recv_msg().await.unwrap(), "seq_beyond_head");
-    // Still usable after all that.
+    // Still usable after all that; WebSocket ping frames are answered too.
     conn.send(&ClientMsg::Ping { id: Some(2) }).await.unwrap();
     assert_eq!(conn.recv_msg().await.unwrap(), ServerMsg::Pong { id: Some(2) });
+    conn.send_frame(Message::Ping(bytes::Bytes::from_static(b"hi"))).await.unwrap();
+    assert_eq!(conn.recv().await.unwrap(), Received::Pong(bytes::Bytes::from_static(b"hi")));
+    // Pipelined pushes are answered in order, refusals included.
+    for (id, ops) in [(1, ops(2, 1)), (2, vec![]), (3, ops(1, 2))] {
+        conn.send(&ClientMsg::Push { id, ops, expected_head: None, on_stale: None }).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        match conn.recv_msg().await.unwrap() {
+            ServerMsg::Pushed { id, results, .. } => answers.push((id, results.len())),
+            ServerMsg::Error { id: Some(id), code, .. } if code == "empty_push" => answers.push((id, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answers, vec![(1, 2), (2, 0), (3, 1)]);
     // A frame over the limit closes the connection with 1009.
     conn.send_frame(Message::Binary(vec![0u8; 10_000].into())).await.unwrap();
     assert!(matches!(conn.recv().await.unwrap(), Received::Closed(Some(1009), _)));
     // The server carries on.
-    let (mut fresh, _) = connect(&s, "u", "b", 0).await;
+    let (mut fresh, _) = connect(&s, "u", "b", 3).await;
     fresh.send(&ClientMsg::Ping { id: Some(3) }).await.unwrap();
     assert_eq!(fresh.recv_msg().await.unwrap(), ServerMsg::Pong { id: Some(3) });
-    assert_eq!(s.stored_ops("u").await, 0);
+    // A close from the client is answered with a close.
+    fresh.send_frame(Message::Close(None)).await.unwrap();
+    assert!(matches!(fresh.recv().await.unwrap(), Received::Closed(Some(1000), _)));
+    assert_eq!(s.stored_ops("u").await, 3, "only the valid pipelined pushes were stored");
 }
 
 async fn a_revoked_or_expired_token_closes_its_socket(backend: Backend) {

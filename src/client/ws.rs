@@ -33,6 +33,8 @@ pub enum Received {
     Closed(Option<u16>, Option<String>),
     /// A text frame (servers never send them; for tests).
     Text(String),
+    /// A pong frame (the answer to a ping frame the client sent).
+    Pong(Bytes),
 }
 
 /// One open WebSocket.
@@ -110,11 +112,26 @@ impl WsConn {
                 }
                 Frame::Text(bytes) => return Ok(Received::Text(String::from_utf8_lossy(&bytes).into_owned())),
                 Frame::Ping(bytes) => self.send_frame(Message::Pong(bytes)).await?,
-                Frame::Pong(_) | Frame::Continuation(_) => {}
+                Frame::Pong(bytes) => return Ok(Received::Pong(bytes)),
+                Frame::Continuation(_) => {}
                 Frame::Close(reason) => {
                     let code = reason.as_ref().map(|r| u16::from(r.code));
                     return Ok(Received::Closed(code, reason.and_then(|r| r.description)));
                 }
+            }
+        }
+    }
+
+    /// The next binary frame as it came (`None` once the connection is closed),
+    /// answering pings on the way: for clients that decode only what they need.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            match self.io.next().await {
+                None | Some(Ok(Frame::Close(_))) => return Ok(None),
+                Some(Err(e)) => return Err(ClientError::Transport(e.to_string())),
+                Some(Ok(Frame::Binary(bytes))) => return Ok(Some(bytes)),
+                Some(Ok(Frame::Ping(bytes))) => self.send_frame(Message::Pong(bytes)).await?,
+                Some(Ok(_)) => {}
             }
         }
     }

@@ -51,6 +51,7 @@ const LAG_WINDOW: Duration = Duration::from_secs(60);
 /// Close codes (see docs/protocol.md).
 mod close {
     use super::CloseOrder;
+    pub const NORMAL: CloseOrder = CloseOrder { code: 1000, reason: "closing" };
     pub const PROTOCOL: CloseOrder = CloseOrder { code: 4000, reason: "unexpected_message" };
     pub const INVALID_TOKEN: CloseOrder = CloseOrder { code: 4001, reason: "invalid_token" };
     pub const TOKEN_EXPIRED: CloseOrder = CloseOrder { code: 4002, reason: "token_expired" };
@@ -136,16 +137,19 @@ enum Incoming {
     Message(ClientMsg),
     /// A frame the session answers with an `error` and otherwise ignores.
     Bad(ApiError),
-    /// A control frame (handled).
+    /// A WebSocket ping, to answer with a pong.
+    Ping(Bytes),
+    /// A control frame needing nothing.
     Control,
 }
 
 type PushResult = (u64, Result<PushResponse, LogError>);
 
-/// A `pushed` answer waiting for the ops before it to be delivered.
+/// A push's answer waiting for the ops before it (`range`) and for the answers
+/// before it to be sent.
 struct Held {
-    first: Seq,
-    last: Seq,
+    /// The seqs the push stored, if any.
+    range: Option<(Seq, Seq)>,
     bytes: Bytes,
 }
 
@@ -265,6 +269,10 @@ impl Session {
                     match read(incoming)? {
                         Incoming::Message(msg) => self.on_message(msg).await?,
                         Incoming::Bad(e) => self.send_msg(&ServerMsg::error(None, e.body().clone())).await?,
+                        Incoming::Ping(bytes) => {
+                            let ponged = tokio::time::timeout(self.send_timeout, self.ws.pong(&bytes)).await;
+                            self.sent(ponged)?;
+                        }
                         Incoming::Control => {}
                     }
                 }
@@ -307,7 +315,7 @@ impl Session {
             }
             ClientMsg::Push { id, ops, expected_head, on_stale } => {
                 if let Err(e) = self.authorize(Operation::Write) {
-                    return self.send_msg(&ServerMsg::error(Some(id), ApiError::from(e).body().clone())).await;
+                    return self.answer_now(id, ApiError::from(e)).await;
                 }
                 let push = Push {
                     user: self.user.clone(),
@@ -324,39 +332,52 @@ impl Session {
                         self.in_flight.push_back(Box::pin(async move { (id, commit.wait().await) }));
                         Ok(())
                     }
-                    Err(e) => self.send_msg(&ServerMsg::error(Some(id), ApiError::from(e).body().clone())).await,
+                    Err(e) => self.answer_now(id, ApiError::from(e)).await,
                 }
             }
         }
     }
 
-    /// A push committed (or failed): answer it, in order with the ops around it.
-    async fn on_pushed(&mut self, (id, result): PushResult) -> Flow {
-        let response = match result {
-            Ok(response) => response,
-            Err(e) => return self.send_msg(&ServerMsg::error(Some(id), ApiError::from(e).body().clone())).await,
-        };
-        let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
-        let range = stored.clone().min().zip(stored.max());
-        let msg = ServerMsg::Pushed { id, results: response.results, head: response.head };
-        let bytes = encode(&msg)?;
-        match range {
-            // Only duplicates: nothing new to place in the stream.
-            None => self.send(bytes).await,
-            Some((first, last)) => {
-                self.held.push_back(Held { first, last, bytes });
-                self.flush_held().await
-            }
+    /// Answers a push that failed before it was queued, after the answers to the
+    /// pushes before it: answers keep the order of the requests.
+    async fn answer_now(&mut self, id: u64, e: ApiError) -> Flow {
+        let bytes = encode(&ServerMsg::error(Some(id), e.body().clone()))?;
+        if self.in_flight.is_empty() && self.held.is_empty() {
+            return self.send(bytes).await;
         }
+        if self.in_flight.is_empty() {
+            self.held.push_back(Held { range: None, bytes });
+            return self.flush_held().await;
+        }
+        self.in_flight.push_back(Box::pin(std::future::ready((id, Err(LogError::Answered(bytes))))));
+        Ok(())
     }
 
-    /// Sends the held answers whose ops come next.
+    /// A push committed (or failed): answer it, in order with the ops around it.
+    async fn on_pushed(&mut self, (id, result): PushResult) -> Flow {
+        let (range, bytes) = match result {
+            Ok(response) => {
+                let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
+                let range = stored.clone().min().zip(stored.max());
+                (range, encode(&ServerMsg::Pushed { id, results: response.results, head: response.head })?)
+            }
+            Err(LogError::Answered(bytes)) => (None, bytes),
+            Err(e) => (None, encode(&ServerMsg::error(Some(id), ApiError::from(e).body().clone()))?),
+        };
+        self.held.push_back(Held { range, bytes });
+        self.flush_held().await
+    }
+
+    /// Sends the held answers, in order, as far as the ops before them have been
+    /// delivered.
     async fn flush_held(&mut self) -> Flow {
         while let Some(held) = self.held.front() {
-            if held.first > self.delivered + 1 {
-                break;
-            }
-            let (last, bytes) = (held.last, held.bytes.clone());
+            let last = match held.range {
+                Some((first, _)) if first > self.delivered + 1 => break,
+                Some((_, last)) => last,
+                None => self.delivered,
+            };
+            let bytes = held.bytes.clone();
             self.held.pop_front();
             self.send(bytes).await?;
             self.delivered = self.delivered.max(last);
@@ -371,7 +392,7 @@ impl Session {
         }
         let next = frame.from == self.delivered + 1;
         let own = frame.origin == Some(self.id);
-        let blocked = self.held.front().is_some_and(|held| held.first <= frame.to);
+        let blocked = self.held.front().is_some_and(|held| held.range.is_none_or(|(first, _)| first <= frame.to));
         match &frame.bytes {
             Some(bytes) if next && !own && !blocked => {
                 self.send(bytes.clone()).await?;
@@ -408,7 +429,7 @@ impl Session {
             }
             self.flush_held().await?;
             // Stop short of the first held answer's ops.
-            let bound = self.held.front().map(|held| held.first - 1);
+            let bound = self.held.front().and_then(|held| held.range).map(|(first, _)| first - 1);
             let room = bound.map_or(CATCH_UP_PAGE as i64, |b| (b - self.delivered).min(CATCH_UP_PAGE as i64));
             let limit = usize::try_from(room).unwrap_or(0);
             if limit == 0 {
@@ -426,7 +447,7 @@ impl Session {
                 let held: Vec<Held> = self.held.drain(..).collect();
                 for h in held {
                     self.send(h.bytes).await?;
-                    self.delivered = self.delivered.max(h.last);
+                    self.delivered = self.delivered.max(h.range.map_or(0, |(_, last)| last));
                 }
                 return Ok(());
             };
@@ -436,6 +457,8 @@ impl Session {
             self.delivered = last;
             self.flush_held().await?;
             if !has_more && self.held.is_empty() {
+                // The client was busy reading, not silent.
+                self.last_heard = Instant::now();
                 return Ok(());
             }
         }
@@ -506,13 +529,16 @@ fn auth_close(e: &AuthError) -> CloseOrder {
 /// Decodes what the stream produced.
 fn read(item: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<Incoming, End> {
     match item {
-        None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
+        None => Err(End::Gone),
+        // Echo the close handshake.
+        Some(Ok(AggregatedMessage::Close(_))) => Err(End::Close(close::NORMAL)),
         Some(Err(ProtocolError::Overflow)) => Err(End::Close(close::TOO_BIG)),
         Some(Err(e)) => {
             tracing::debug!(error = %e, "bad WebSocket framing");
             Err(End::Close(close::BAD_FRAMING))
         }
-        Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => Ok(Incoming::Control),
+        Some(Ok(AggregatedMessage::Ping(bytes))) => Ok(Incoming::Ping(bytes)),
+        Some(Ok(AggregatedMessage::Pong(_))) => Ok(Incoming::Control),
         Some(Ok(AggregatedMessage::Text(_))) => {
             Ok(Incoming::Bad(ApiError::new(ErrorCode::MalformedFrame, "frames must be binary MessagePack, not text")))
         }
@@ -548,6 +574,12 @@ async fn hello(
     loop {
         let msg = match read(stream.next().await)? {
             Incoming::Control => continue,
+            Incoming::Ping(bytes) => {
+                if ws.pong(&bytes).await.is_err() {
+                    return Err(End::Gone);
+                }
+                continue;
+            }
             Incoming::Bad(e) => {
                 send_error(ws, &e).await?;
                 continue;

@@ -141,8 +141,6 @@ pub enum ResyncReason {
     /// The session fell behind live delivery; the server now resends every op after
     /// `from` (catch-up pages follow). Nothing for the client to do.
     Lagging,
-    /// The node lost its feed of other nodes' commits for a moment; as `lagging`.
-    Reconnected,
     /// Ops after `from` are below the retention horizon: bootstrap from the
     /// snapshot at `snapshot_seq`, then reconnect with `since` = that seq.
     Horizon,

@@ -73,7 +73,7 @@ impl Default for RealtimeConfig {
     }
 }
 
-/// Counters for operators (and the metrics endpoint).
+/// Counters for operators.
 #[derive(Debug, Default)]
 pub struct RealtimeStats {
     /// WebSocket sessions open now.

@@ -97,7 +97,11 @@ impl Outbox {
             return Offered::Dropped;
         }
         let weight = frame.weight();
-        if state.frames.len() >= self.max_frames || state.bytes + weight > self.max_bytes {
+        // A frame larger than the byte bound still goes into an empty outbox: one
+        // large push must not make every session of its user lag.
+        let full = state.frames.len() >= self.max_frames
+            || (state.bytes + weight > self.max_bytes && !state.frames.is_empty());
+        if full {
             state.lagging = true;
             state.frames.clear();
             state.bytes = 0;
@@ -178,6 +182,8 @@ mod tests {
         assert_eq!(outbox.offer(frame(7, 10)), Offered::Queued);
         assert_eq!(outbox.offer(frame(8, 95)), Offered::Overflowed, "the byte bound counts too");
         assert!(matches!(outbox.next().await, Event::Lagging));
+        assert_eq!(outbox.offer(frame(9, 500)), Offered::Queued, "an empty outbox takes one oversized frame");
+        assert_eq!(outbox.offer(frame(10, 1)), Offered::Overflowed);
     }
 
     #[tokio::test]
