@@ -95,6 +95,9 @@ pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) ->
             .default_service(web::to(crate::http::not_found))
     })
     .workers(workers)
+    // The caller stops the server (`opsync serve` on SIGINT/SIGTERM, after closing
+    // the WebSockets; tests through the handle).
+    .disable_signals()
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(10)
     .listen(listener)?

@@ -35,6 +35,8 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Drive a running server with load and report latency percentiles.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -123,6 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { command } => token(&config, command),
+        Command::Bench(args) => crate::bench::run(&config, args),
     }
 }
 
@@ -152,10 +155,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         print_first_token(&key, &url)?;
     }
     let server = app::run(listener, state.clone(), config.workers)?;
+    actix_web::rt::spawn(stop_on_signal(server.handle(), state.clone()));
     server.await?;
     state.shutdown();
     tracing::info!("opsync stopped");
     Ok(())
+}
+
+/// On SIGINT or SIGTERM: close the WebSockets (code 1001, so clients reconnect
+/// elsewhere at once) and stop accepting, letting requests in flight finish.
+async fn stop_on_signal(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => drop(signal.recv().await),
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("stopping: closing WebSockets, finishing requests in flight");
+    state.realtime.shutdown();
+    server.stop(true).await;
 }
 
 /// On a first start with an empty database: a token to try the server with at once.
