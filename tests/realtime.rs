@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Storage, TestServer, op, push_from, push_of};
@@ -147,6 +148,16 @@ async fn a_push_reaches_the_other_devices_and_answers_the_pusher(backend: Backen
     let same = log.ops.iter().map(|o| NewOp { id: o.id, payload: o.payload.clone(), ..op(b"") }).collect();
     let again = ws_push(&mut b, &mut tb, 2, same).await;
     assert_eq!(again, vec![1, 2, 3]);
+    // The user's hub runs while a session is open and stops after the last leaves.
+    let stats = s.state.realtime.stats();
+    assert_eq!((stats.hubs.load(Relaxed), stats.sessions.load(Relaxed)), (1, 2));
+    a.close().await;
+    b.close().await;
+    let deadline = Instant::now() + WAIT;
+    while stats.hubs.load(Relaxed) + stats.sessions.load(Relaxed) > 0 {
+        assert!(Instant::now() < deadline, "the hub did not stop");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn an_http_push_reaches_websocket_sessions(backend: Backend) {
@@ -228,7 +239,6 @@ async fn another_users_device_receives_nothing(backend: Backend) {
 }
 
 async fn a_client_that_never_reads_is_cut_off_while_the_others_keep_receiving(backend: Backend) {
-    use std::sync::atomic::Ordering::Relaxed;
     let Some(s) = TestServer::start_configured(backend, |c| {
         c.realtime.outbox_frames = 8;
         c.realtime.send_timeout_ms = 1000;
@@ -309,7 +319,7 @@ async fn long_polls_wake_on_commit_and_time_out_empty(backend: Backend) {
     assert!(page.ops.is_empty() && page.head == 3 && !page.has_more);
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(c.pull_wait(0, 31).await.unwrap_err().code(), Some("invalid_query"));
-    assert_eq!(s.state.realtime.stats().waiting.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(s.state.realtime.stats().waiting.load(Relaxed), 0);
 }
 
 async fn bad_frames_get_errors_or_close_codes_and_the_server_carries_on(backend: Backend) {
