@@ -1,7 +1,9 @@
 //! Thin HTTP handlers: extract → authorize → call the log → respond.
 
+pub mod account;
 pub mod auth;
 pub mod body;
+pub mod snapshot;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -25,7 +27,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/v1/ops").post(push).get(pull).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ack").post(ack).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/status").get(status).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)));
+        .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)))
+        .service(snapshot::resource())
+        .service(account::resource());
 }
 
 /// Reads and decodes a request body in the format its Content-Type names.
@@ -177,7 +181,7 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())))
 }
 

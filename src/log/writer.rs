@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use super::{LogError, Push, now_ms, store};
 use crate::db::{self, DbConn, DbError, DbUrl, dialect};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::protocol::{AckResponse, PushResponse};
+use crate::protocol::{AccountDeleted, AckResponse, PushResponse};
 
 /// The most commands merged into one transaction.
 const MAX_BATCH_COMMANDS: usize = 512;
@@ -60,6 +60,13 @@ pub(crate) enum Command {
         /// Where the answer goes.
         reply: Reply<AckResponse>,
     },
+    /// Remove everything of a user (account deletion), in order with its pushes.
+    DeleteUser {
+        /// Whose.
+        user: UserId,
+        /// Where the answer goes.
+        reply: Reply<AccountDeleted>,
+    },
     /// Stop one writer thread.
     Shutdown,
 }
@@ -68,7 +75,7 @@ impl Command {
     fn user(&self) -> Option<&UserId> {
         match self {
             Command::Push(push, _) => Some(&push.user),
-            Command::Ack { user, .. } => Some(user),
+            Command::Ack { user, .. } | Command::DeleteUser { user, .. } => Some(user),
             Command::Shutdown => None,
         }
     }
@@ -85,6 +92,7 @@ impl Command {
         Ok(match self {
             Command::Push(push, _) => Outcome::Push(store::apply_push(conn, push, now)?.map_err(LogError::from)),
             Command::Ack { user, device, seq, .. } => Outcome::Ack(store::apply_ack(conn, user, device, *seq, now)?),
+            Command::DeleteUser { user, .. } => Outcome::DeleteUser(store::apply_delete_user(conn, user, now)?),
             Command::Shutdown => Outcome::None,
         })
     }
@@ -95,11 +103,13 @@ impl Command {
         match (self, outcome) {
             (Command::Push(_, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
             (Command::Ack { reply, .. }, Ok(Outcome::Ack(r))) => drop(reply.send(r)),
+            (Command::DeleteUser { reply, .. }, Ok(Outcome::DeleteUser(r))) => drop(reply.send(Ok(r))),
             (Command::Shutdown, _) => {}
             // `apply` pairs each command with its own outcome; this arm is a guard.
             (command, Ok(_)) => command.answer(Err(LogError::Corrupt("mismatched outcome".into()))),
             (Command::Push(_, reply), Err(e)) => drop(reply.send(Err(e))),
             (Command::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Command::DeleteUser { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         }
     }
 }
@@ -107,6 +117,7 @@ impl Command {
 enum Outcome {
     Push(Result<PushResponse, LogError>),
     Ack(Result<AckResponse, LogError>),
+    DeleteUser(AccountDeleted),
     None,
 }
 
