@@ -143,10 +143,21 @@ impl TestServer {
         Some(Self::on(storage, auth::generate_root(), limits))
     }
 
+    /// Starts a server whose configuration `tweak` adjusts (retention settings…).
+    pub async fn start_tweaked(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let storage = Storage::new(backend)?;
+        Some(Self::on_with(storage, auth::generate_root(), tweak))
+    }
+
     /// Starts a server on existing storage with an existing root key.
     pub fn on(storage: Storage, root: KeyPair, limits: Limits) -> Self {
+        Self::on_with(storage, root, |config| config.limits = limits)
+    }
+
+    /// [`TestServer::on`] with a configuration `tweak`.
+    pub fn on_with(storage: Storage, root: KeyPair, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::resolve_with(&storage.settings(), None).unwrap();
-        config.limits = limits;
+        tweak(&mut config);
         let state = web::Data::new(AppState::open(&config, root.public()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -161,9 +172,12 @@ impl TestServer {
     pub async fn restart(self) -> Self {
         self.handle.stop(true).await;
         self.state.shutdown();
-        let limits = self.config.limits.clone();
+        let (limits, retention) = (self.config.limits.clone(), self.config.retention.clone());
         let Self { root, storage, .. } = self;
-        Self::on(storage, root, limits)
+        Self::on_with(storage, root, |config| {
+            config.limits = limits;
+            config.retention = retention;
+        })
     }
 
     pub fn backend(&self) -> Backend {
