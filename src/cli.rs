@@ -13,9 +13,9 @@ use crate::app::{self, AppState};
 use crate::auth::{self, RootKey, TokenSpec};
 use crate::config::{Config, RootKeySource, Settings};
 use crate::db::{self, Backend, DbUrl};
+use crate::ids::{DeviceId, OpId, UserId};
 use crate::log::writer::Writer;
 use crate::log::{Log, retention, transfer};
-use crate::ids::{DeviceId, OpId, UserId};
 
 /// opsync: a real-time operation-log sync server for offline-first apps.
 #[derive(Debug, Parser)]
@@ -247,7 +247,10 @@ fn export(config: &Config, users: &[String], out: Option<PathBuf>) -> anyhow::Re
         None => transfer::export(&mut conn, users, &mut std::io::stdout().lock())?,
     };
     for (user, d) in digests {
-        eprintln!("exported {user}: {} ops (head {}, horizon {}), {} snapshots, sha256 {}", d.ops, d.head, d.horizon, d.snapshots, d.ops_sha256);
+        eprintln!(
+            "exported {user}: {} ops (head {}, horizon {}), {} snapshots, sha256 {}",
+            d.ops, d.head, d.horizon, d.snapshots, d.ops_sha256
+        );
     }
     Ok(())
 }
@@ -261,7 +264,10 @@ fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
         transfer::import(&mut conn, std::io::BufReader::new(std::fs::File::open(file)?))?
     };
     for (user, d) in imported {
-        println!("imported {user}: {} ops (head {}, horizon {}), {} snapshots, verified", d.ops, d.head, d.horizon, d.snapshots);
+        println!(
+            "imported {user}: {} ops (head {}, horizon {}), {} snapshots, verified",
+            d.ops, d.head, d.horizon, d.snapshots
+        );
     }
     Ok(())
 }
@@ -273,7 +279,14 @@ fn copy(from: &DbUrl, to: &DbUrl) -> anyhow::Result<()> {
     let report = transfer::copy(from, to)?;
     let ops: i64 = report.users.iter().map(|(_, d)| d.ops).sum();
     for (user, d) in &report.users {
-        println!("{user}: {} ops, {} snapshots, {} devices, {} entities  ok  {}", d.ops, d.snapshots, d.devices, d.entities, &d.ops_sha256[..16]);
+        println!(
+            "{user}: {} ops, {} snapshots, {} devices, {} entities  ok  {}",
+            d.ops,
+            d.snapshots,
+            d.devices,
+            d.entities,
+            &d.ops_sha256[..16]
+        );
     }
     println!(
         "copied {} users ({ops} ops) and {} revocations from {from} to {to}; every user verified",

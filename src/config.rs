@@ -319,7 +319,8 @@ mod tests {
             "[retention]\nsnapshot_every = 50\nretention = \"7d\"\ncompact_entities = true\ncompact_interval = \"0s\"\n",
         )
         .unwrap();
-        let settings = Settings { config: Some(path), tombstone_ttl: Some(Duration::from_secs(60)), ..Settings::default() };
+        let settings =
+            Settings { config: Some(path), tombstone_ttl: Some(Duration::from_secs(60)), ..Settings::default() };
         let c = Config::resolve_with(&settings, None).unwrap();
         assert_eq!(c.retention.snapshot_every, 50);
         assert_eq!(c.retention.retention, Duration::from_secs(7 * 86400));

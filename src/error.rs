@@ -83,9 +83,8 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         use ErrorCode::*;
         match self {
-            MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush | ChecksumMismatch => {
-                StatusCode::BAD_REQUEST
-            }
+            MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush
+            | ChecksumMismatch => StatusCode::BAD_REQUEST,
             BodyTooLarge | TooManyOps | OpTooLarge | SnapshotTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             OpIdConflict | StaleHead | HeadAhead | EntityConflict | SinceBeyondHead | SeqBeyondHead
@@ -145,7 +144,8 @@ impl ErrorCode {
 #[error("{}: {}", .body.error, .body.message)]
 pub struct ApiError {
     code: ErrorCode,
-    body: ErrorBody,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere; keep it small.
+    body: Box<ErrorBody>,
 }
 
 impl ApiError {
@@ -160,7 +160,7 @@ impl ApiError {
             horizon: None,
             snapshot_seq: None,
         };
-        Self { code, body }
+        Self { code, body: Box::new(body) }
     }
 
     /// Adds the user's head to the body.
@@ -308,7 +308,10 @@ mod tests {
         let gone = ApiError::from(crate::log::LogError::ResyncRequired { horizon: 5, snapshot_seq: Some(9) });
         assert_eq!(gone.code().status(), StatusCode::GONE);
         let v = serde_json::to_value(gone.body())?;
-        assert_eq!((v["error"].as_str(), v["horizon"].as_i64(), v["snapshot_seq"].as_i64()), (Some("resync_required"), Some(5), Some(9)));
+        assert_eq!(
+            (v["error"].as_str(), v["horizon"].as_i64(), v["snapshot_seq"].as_i64()),
+            (Some("resync_required"), Some(5), Some(9))
+        );
         let e = ApiError::new(ErrorCode::StaleHead, "behind").with_head(7);
         let v = serde_json::to_value(e.body())?;
         assert_eq!(v, serde_json::json!({"error": "stale_head", "message": "behind", "head": 7}));

@@ -131,7 +131,8 @@ async fn damaged_and_truncated_files_store_nothing(s: TestServer) {
     let err = transfer::import(&mut dest, cut.as_bytes()).unwrap_err();
     assert!(matches!(err, TransferError::BadFile { .. }), "{err}");
     // Cut right after alice's trailer: alice is whole, the end record is missing.
-    let missing_end: String = text.lines().filter(|l| !l.contains("\"type\":\"end\"")).map(|l| format!("{l}\n")).collect();
+    let missing_end: String =
+        text.lines().filter(|l| !l.contains("\"type\":\"end\"")).map(|l| format!("{l}\n")).collect();
     // (the first attempt must not have left anything behind)
     let count: i64 = {
         use diesel::prelude::*;

@@ -40,11 +40,7 @@ fn policy(compact_entities: bool) -> Retention {
 /// Compacts `user` as if `later_ms` had passed.
 async fn compact(s: &TestServer, user: &str, policy: Retention, later_ms: i64) -> Compacted {
     let user = user.to_owned();
-    s.state
-        .log
-        .with_conn(move |conn| retention::compact_user(conn, &user, &policy, now_ms() + later_ms))
-        .await
-        .unwrap()
+    s.state.log.with_conn(move |conn| retention::compact_user(conn, &user, &policy, now_ms() + later_ms)).await.unwrap()
 }
 
 async fn push_plain(c: &Client, n: usize) {
@@ -163,7 +159,10 @@ async fn pulls_racing_compaction_never_see_a_hole(s: TestServer) {
         actix_web::rt::spawn(async move {
             actix_web::rt::time::sleep(Duration::from_millis(5)).await;
             let policy = policy(false);
-            state.log.with_conn(move |conn| retention::compact_user(conn, "alice", &policy, now_ms() + DAY_MS * 31)).await
+            state
+                .log
+                .with_conn(move |conn| retention::compact_user(conn, "alice", &policy, now_ms() + DAY_MS * 31))
+                .await
         })
     };
     let mut refused = 0;
@@ -258,13 +257,25 @@ async fn account_deletion_removes_everything(s: TestServer) {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Put { entity: u8, byte: u8 },
-    Del { entity: u8 },
-    Plain { byte: u8 },
+    Put {
+        entity: u8,
+        byte: u8,
+    },
+    Del {
+        entity: u8,
+    },
+    Plain {
+        byte: u8,
+    },
     /// Upload a snapshot at head minus `lag` (not below the horizon).
-    Snapshot { lag: i64 },
+    Snapshot {
+        lag: i64,
+    },
     /// Compact; `days` later; optionally per entity.
-    Compact { entities: bool, days: i64 },
+    Compact {
+        entities: bool,
+        days: i64,
+    },
     /// Remember a device whose cursor is at the head now.
     Device,
 }

@@ -49,7 +49,11 @@ fn get(s: &TestServer, user: &str, query: &str) -> awc::ClientRequest {
         .insert_header(("Authorization", format!("Bearer {}", s.token(user))))
 }
 
-async fn error_code(mut res: awc::ClientResponse<impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>) -> (u16, serde_json::Value) {
+async fn error_code(
+    mut res: awc::ClientResponse<
+        impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+    >,
+) -> (u16, serde_json::Value) {
     let status = res.status().as_u16();
     let body: serde_json::Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
     (status, body)
@@ -112,7 +116,9 @@ async fn upload_then_download_with_etag(s: TestServer) {
 
 async fn bad_uploads_are_refused_and_store_nothing(s: TestServer) {
     push_n(&s, "alice", 3).await;
-    let cases: Vec<(&str, Vec<u8>, Option<(&str, &str)>, u16, &str)> = vec![
+    // (query, body, extra header, status, code)
+    type Case = (&'static str, Vec<u8>, Option<(&'static str, &'static str)>, u16, &'static str);
+    let cases: Vec<Case> = vec![
         ("", b"x".to_vec(), None, 400, "invalid_query"),
         ("?seq=-1", b"x".to_vec(), None, 400, "invalid_query"),
         ("?seq=abc", b"x".to_vec(), None, 400, "invalid_query"),
@@ -132,7 +138,8 @@ async fn bad_uploads_are_refused_and_store_nothing(s: TestServer) {
         assert_eq!((got, body["error"].as_str().unwrap()), (status, code), "{query}");
     }
     // Over the limit without a Content-Length (chunked): refused while streaming.
-    let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 4096]))));
+    let chunks =
+        futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 4096]))));
     let (got, body) = error_code(put(&s, "alice", "?seq=2").send_stream(chunks).await.unwrap()).await;
     assert_eq!((got, body["error"].as_str().unwrap()), (413, "snapshot_too_large"));
     // A read-only token may download but not upload.

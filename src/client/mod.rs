@@ -154,7 +154,12 @@ impl Client {
 
     async fn answer<T: DeserializeOwned>(
         &self,
-        sent: Result<awc::ClientResponse<impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin>, awc::error::SendRequestError>,
+        sent: Result<
+            awc::ClientResponse<
+                impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+            >,
+            awc::error::SendRequestError,
+        >,
     ) -> Result<T, ClientError> {
         let mut response = sent.map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = response.status();

@@ -124,13 +124,17 @@ const PG_COMPACTION_LOCK: i64 = 0x6f70_7379_6e64;
 
 /// Stores a snapshot, replacing one of the same user and seq.
 pub(crate) fn upsert_snapshot(conn: &mut DbConn, row: &SnapshotInsert<'_>) -> QueryResult<()> {
-    let query = diesel::insert_into(snapshots::table).values(row).on_conflict((snapshots::user_id, snapshots::seq)).do_update().set((
-        snapshots::created_at.eq(excluded(snapshots::created_at)),
-        snapshots::size.eq(excluded(snapshots::size)),
-        snapshots::sha256.eq(excluded(snapshots::sha256)),
-        snapshots::content_type.eq(excluded(snapshots::content_type)),
-        snapshots::data.eq(excluded(snapshots::data)),
-    ));
+    let query = diesel::insert_into(snapshots::table)
+        .values(row)
+        .on_conflict((snapshots::user_id, snapshots::seq))
+        .do_update()
+        .set((
+            snapshots::created_at.eq(excluded(snapshots::created_at)),
+            snapshots::size.eq(excluded(snapshots::size)),
+            snapshots::sha256.eq(excluded(snapshots::sha256)),
+            snapshots::content_type.eq(excluded(snapshots::content_type)),
+            snapshots::data.eq(excluded(snapshots::data)),
+        ));
     on_backend!(conn, |c| query.execute(c)).map(drop)
 }
 
@@ -170,7 +174,10 @@ pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64,
             .values(chunk)
             .on_conflict((entities::user_id, entities::entity))
             .do_update()
-            .set((entities::last_seq.eq(excluded(entities::last_seq)), entities::deleted_at.eq(excluded(entities::deleted_at))));
+            .set((
+                entities::last_seq.eq(excluded(entities::last_seq)),
+                entities::deleted_at.eq(excluded(entities::deleted_at)),
+            ));
         on_backend!(&mut *conn, |c| query.execute(c))?;
     }
     Ok(())

@@ -60,7 +60,9 @@ async fn put(
         if !encoding.is_empty() && encoding != "identity" {
             return Err(ApiError::new(
                 ErrorCode::UnsupportedEncoding,
-                format!("snapshots are stored as sent: compress inside the snapshot, not with Content-Encoding {encoding:?}"),
+                format!(
+                    "snapshots are stored as sent: compress inside the snapshot, not with Content-Encoding {encoding:?}"
+                ),
             ));
         }
     }
@@ -83,7 +85,10 @@ async fn put(
         }
         data.extend_from_slice(&chunk);
     }
-    let info = state.log.put_snapshot(auth.principal.user, seq, content_type, data.freeze(), query.into_inner().sha256).await?;
+    let info = state
+        .log
+        .put_snapshot(auth.principal.user, seq, content_type, data.freeze(), query.into_inner().sha256)
+        .await?;
     let mut response = body::respond(Format::for_response(req.headers(), None), StatusCode::CREATED, &info)?;
     set_headers(response.headers_mut(), &info);
     Ok(response)

@@ -219,8 +219,10 @@ impl Log {
 
     /// The latest snapshot's description (or the latest at or before a seq).
     pub async fn snapshot_info(&self, user: UserId, at_or_before: Option<Seq>) -> Result<SnapshotInfo, LogError> {
-        self.with_conn(move |conn| snapshot::latest_info(conn, user.as_str(), at_or_before)?.ok_or(LogError::NoSnapshot))
-            .await
+        self.with_conn(move |conn| {
+            snapshot::latest_info(conn, user.as_str(), at_or_before)?.ok_or(LogError::NoSnapshot)
+        })
+        .await
     }
 
     /// The latest snapshot with its bytes (or the latest at or before a seq).

@@ -219,9 +219,8 @@ pub fn compact_user(conn: &mut DbConn, user: &str, policy: &Retention, now: i64)
                 diesel::delete(ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.le(end))).execute(conn)? as u64;
         }
         for chunk in plan.drop.chunks(DELETE_CHUNK) {
-            removed +=
-                diesel::delete(ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.eq_any(chunk))).execute(conn)?
-                    as u64;
+            removed += diesel::delete(ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.eq_any(chunk)))
+                .execute(conn)? as u64;
         }
         // Tombstones: those whose `del` was removed above, and (without per-entity
         // compaction) those past their TTL whose `del` a pruned prefix took.

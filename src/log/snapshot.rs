@@ -40,7 +40,10 @@ type InfoColumns = (snapshots::seq, snapshots::size, snapshots::sha256, snapshot
 const INFO: InfoColumns =
     (snapshots::seq, snapshots::size, snapshots::sha256, snapshots::content_type, snapshots::created_at);
 
-fn info((seq, size, sha256, content_type, created_at): (i64, i64, String, String, i64)) -> SnapshotInfo {
+/// The columns of [`INFO`] as loaded.
+type InfoRow = (i64, i64, String, String, i64);
+
+fn info((seq, size, sha256, content_type, created_at): InfoRow) -> SnapshotInfo {
     SnapshotInfo { seq, size, sha256, content_type, created_at }
 }
 
@@ -54,12 +57,16 @@ pub fn latest_info(conn: &mut DbConn, user: &str, at_or_before: Option<Seq>) -> 
 }
 
 /// The latest snapshot (or the latest at or before `at_or_before`) with its bytes.
-pub fn latest(conn: &mut DbConn, user: &str, at_or_before: Option<Seq>) -> QueryResult<Option<(SnapshotInfo, Vec<u8>)>> {
+pub fn latest(
+    conn: &mut DbConn,
+    user: &str,
+    at_or_before: Option<Seq>,
+) -> QueryResult<Option<(SnapshotInfo, Vec<u8>)>> {
     let mut query = snapshots::table.filter(snapshots::user_id.eq(user)).into_boxed();
     if let Some(seq) = at_or_before {
         query = query.filter(snapshots::seq.le(seq));
     }
-    let row: Option<((i64, i64, String, String, i64), Vec<u8>)> =
+    let row: Option<(InfoRow, Vec<u8>)> =
         query.order(snapshots::seq.desc()).select((INFO, snapshots::data)).first(conn).optional()?;
     Ok(row.map(|(i, data)| (info(i), data)))
 }
@@ -138,7 +145,8 @@ pub fn prune_old(conn: &mut DbConn, user: &str, keep: usize) -> QueryResult<usiz
     if old.is_empty() {
         return Ok(0);
     }
-    diesel::delete(snapshots::table.filter(snapshots::user_id.eq(user)).filter(snapshots::seq.eq_any(&old))).execute(conn)
+    diesel::delete(snapshots::table.filter(snapshots::user_id.eq(user)).filter(snapshots::seq.eq_any(&old)))
+        .execute(conn)
 }
 
 #[cfg(test)]

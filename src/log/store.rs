@@ -166,11 +166,8 @@ pub fn head(conn: &mut DbConn, user: &UserId) -> QueryResult<Seq> {
 
 /// A user's head, horizon and latest snapshot seq (zeros for a user with no row).
 pub(crate) fn user_state(conn: &mut DbConn, user: &str) -> QueryResult<dialect::UserState> {
-    let row: Option<(i64, i64, i64)> = users::table
-        .find(user)
-        .select((users::head, users::horizon, users::snapshot_seq))
-        .first(conn)
-        .optional()?;
+    let row: Option<(i64, i64, i64)> =
+        users::table.find(user).select((users::head, users::horizon, users::snapshot_seq)).first(conn).optional()?;
     let (head, horizon, snapshot_seq) = row.unwrap_or_default();
     Ok(dialect::UserState { head, horizon, snapshot_seq })
 }
@@ -242,13 +239,7 @@ pub fn pull(
     if since < after.horizon {
         return Err(resync(&after));
     }
-    Ok(PullResponse {
-        ops: page,
-        head,
-        has_more: cursor < head,
-        snapshot_seq: state.snapshot_seq,
-        snapshot_due: false,
-    })
+    Ok(PullResponse { ops: page, head, has_more: cursor < head, snapshot_seq: state.snapshot_seq, snapshot_due: false })
 }
 
 /// The user's head and devices.
@@ -263,8 +254,7 @@ pub fn status(conn: &mut DbConn, user: &UserId) -> Result<StatusResponse, LogErr
         .into_iter()
         .map(|(id, ack_seq, last_seen, created_at)| DeviceStatus { id, ack_seq, last_seen, created_at })
         .collect();
-    let stale_devices =
-        devices.iter().filter(|d| d.ack_seq < state.horizon).map(|d| d.id.clone()).collect();
+    let stale_devices = devices.iter().filter(|d| d.ack_seq < state.horizon).map(|d| d.id.clone()).collect();
     let snapshot = super::snapshot::latest_info(conn, user.as_str(), None)?;
     let tombstones = entities::table
         .filter(entities::user_id.eq(user.as_str()))

@@ -410,7 +410,11 @@ fn header() -> Record {
 
 /// Exports users (all of them, and the revocation list, when `users` is empty) to
 /// `out`, one consistent read per user. Returns each user's digest.
-pub fn export(conn: &mut DbConn, users: &[String], out: &mut dyn Write) -> Result<Vec<(String, Digest)>, TransferError> {
+pub fn export(
+    conn: &mut DbConn,
+    users: &[String],
+    out: &mut dyn Write,
+) -> Result<Vec<(String, Digest)>, TransferError> {
     write_line(out, &header())?;
     let all = users.is_empty();
     let users = if all { super::retention::users(conn)? } else { users.to_vec() };
@@ -618,8 +622,7 @@ impl<'c> Importer<'c> {
             Some(user) if !self.entities.is_empty() => user.clone(),
             _ => return Ok(()),
         };
-        let rows: Vec<(&str, i64, Option<i64>)> =
-            self.entities.iter().map(|(e, s, d)| (e.as_str(), *s, *d)).collect();
+        let rows: Vec<(&str, i64, Option<i64>)> = self.entities.iter().map(|(e, s, d)| (e.as_str(), *s, *d)).collect();
         dialect::upsert_entities(self.conn, &user, &rows)?;
         self.entities.clear();
         Ok(())
@@ -718,7 +721,11 @@ pub fn copy(from: &DbUrl, to: &DbUrl) -> Result<CopyReport, TransferError> {
         let expected = digest(&mut source, user)?;
         let found = digest(&mut dest, user)?;
         if expected != found {
-            return Err(TransferError::Mismatch { user: user.clone(), expected: Box::new(expected), found: Box::new(found) });
+            return Err(TransferError::Mismatch {
+                user: user.clone(),
+                expected: Box::new(expected),
+                found: Box::new(found),
+            });
         }
         report.users.push((user.clone(), found));
     }
