@@ -59,11 +59,8 @@ impl AppState {
         if config.db.backend() == Backend::Postgres {
             realtime.start_listener(&config.db)?;
         }
-        Ok(Self {
-            log: Log::new(writer, pool, config.limits.clone()),
-            verifier: Verifier::new(root, revoked),
-            realtime,
-        })
+        let log = Log::new(writer, pool, config.limits.clone()).with_retention(config.retention.clone());
+        Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
     }
 
     /// Whether the database holds no user yet (a fresh deployment).
@@ -82,6 +79,7 @@ impl AppState {
 /// the returned server, or stop it with its handle.
 pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) -> Result<Server, StartError> {
     actix_web::rt::spawn(refresh_revocations(state.clone()));
+    actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

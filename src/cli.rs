@@ -1,7 +1,8 @@
-//! The command line: `opsync serve | migrate | token …`. Every subcommand reads the
+//! The command line: `opsync serve | migrate | token … | user delete | compact | export | import | copy`. Every subcommand reads the
 //! same settings (flags, `OPSYNC_*` variables, the optional TOML file).
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,8 +12,10 @@ use clap::{Parser, Subcommand};
 use crate::app::{self, AppState};
 use crate::auth::{self, RootKey, TokenSpec};
 use crate::config::{Config, RootKeySource, Settings};
-use crate::db::{self, Backend};
+use crate::db::{self, Backend, DbUrl};
 use crate::ids::{DeviceId, OpId, UserId};
+use crate::log::writer::Writer;
+use crate::log::{Log, retention, transfer};
 
 /// opsync: a real-time operation-log sync server for offline-first apps.
 #[derive(Debug, Parser)]
@@ -37,6 +40,53 @@ enum Command {
     },
     /// Drive a running server with load and report latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// Manage users' data.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Prune and compact now, by the retention settings (the server also does it
+    /// every --compact-interval).
+    Compact {
+        /// Only this user (default: every user).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Write users' logs, snapshots, devices and tombstones to a self-describing
+    /// file (JSON lines; gzip if FILE ends in .gz), keeping seqs and ids.
+    Export {
+        /// The user to export (repeatable); without it, the whole deployment.
+        #[arg(long)]
+        user: Vec<String>,
+        /// The file [default: stdout].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Load an export (users that do not exist yet), verifying every user's
+    /// counts and checksums before committing it.
+    Import {
+        /// The file, or - for stdin.
+        file: PathBuf,
+    },
+    /// Copy a whole deployment to another database (e.g. SQLite to Postgres), then
+    /// verify every user's counts and checksums on both sides. Stop the servers first.
+    Copy {
+        /// The source database URL.
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The destination database URL (must hold no users).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Delete everything of a user: ops, snapshots, devices, tombstones.
+    Delete {
+        /// The user.
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,7 +176,127 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Token { command } => token(&config, command),
         Command::Bench(args) => crate::bench::run(&config, args),
+        Command::User { command: UserCommand::Delete { user } } => delete_user(&config, UserId::new(user)?),
+        Command::Compact { user } => compact(&config, user),
+        Command::Export { user, out } => export(&config, &user, out),
+        Command::Import { file } => import(&config, &file),
+        Command::Copy { from, to } => copy(&DbUrl::parse(&from)?, &DbUrl::parse(&to)?),
     }
+}
+
+/// `opsync user delete`: through [`crate::log::Log::delete_user`], like the HTTP route.
+fn delete_user(config: &Config, user: UserId) -> anyhow::Result<()> {
+    let mut conn = db::connect(&config.db)?;
+    db::migrate(&mut conn)?;
+    drop(conn);
+    let pool = db::pool(&config.db, 1, Duration::from_secs(10))?;
+    let writer = Writer::start(&config.db, 1, 16, std::sync::Arc::new(crate::log::NoSink))?;
+    let log = Log::new(writer, pool, config.limits.clone());
+    let result = actix_web::rt::System::new().block_on(log.delete_user(user));
+    log.shutdown();
+    let deleted = result?;
+    println!(
+        "deleted user {}: {} ops, {} snapshots, {} devices, {} entities",
+        deleted.user, deleted.ops, deleted.snapshots, deleted.devices, deleted.entities
+    );
+    eprintln!("servers close the user's open sessions; tokens stay valid (revoke them to lock the user out)");
+    Ok(())
+}
+
+fn compact(config: &Config, user: Option<String>) -> anyhow::Result<()> {
+    let mut conn = db::connect(&config.db)?;
+    db::migrate(&mut conn)?;
+    let now = crate::log::now_ms();
+    let done = match user {
+        Some(user) => vec![retention::compact_user(&mut conn, UserId::new(user)?.as_str(), &config.retention, now)?],
+        None => retention::compact_all(&mut conn, &config.retention, now)?
+            .ok_or_else(|| anyhow::anyhow!("another node is compacting right now; try again later"))?,
+    };
+    for c in &done {
+        println!(
+            "{}: removed {} ops and {} tombstones; horizon {} -> {}",
+            c.user, c.ops_removed, c.tombstones_removed, c.horizon_before, c.horizon
+        );
+    }
+    Ok(())
+}
+
+fn export(config: &Config, users: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
+    for user in users {
+        UserId::new(user.as_str())?;
+    }
+    let mut conn = db::connect(&config.db)?;
+    db::migrate(&mut conn)?;
+    let digests = match &out {
+        Some(path) => {
+            // Written beside the target and renamed: a failed export leaves no partial file.
+            let partial = path.with_extension("partial");
+            let file = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+            let gzip = path.extension().is_some_and(|e| e == "gz");
+            let digests = if gzip {
+                let mut out = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+                let digests = transfer::export(&mut conn, users, &mut out)?;
+                out.finish()?.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                digests
+            } else {
+                let mut out = file;
+                let digests = transfer::export(&mut conn, users, &mut out)?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                digests
+            };
+            std::fs::rename(&partial, path)?;
+            digests
+        }
+        None => transfer::export(&mut conn, users, &mut std::io::stdout().lock())?,
+    };
+    for (user, d) in digests {
+        eprintln!(
+            "exported {user}: {} ops (head {}, horizon {}), {} snapshots, sha256 {}",
+            d.ops, d.head, d.horizon, d.snapshots, d.ops_sha256
+        );
+    }
+    Ok(())
+}
+
+fn import(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let mut conn = db::connect(&config.db)?;
+    db::migrate(&mut conn)?;
+    let imported = if file.as_os_str() == "-" {
+        transfer::import(&mut conn, std::io::stdin().lock())?
+    } else {
+        transfer::import(&mut conn, std::io::BufReader::new(std::fs::File::open(file)?))?
+    };
+    for (user, d) in imported {
+        println!(
+            "imported {user}: {} ops (head {}, horizon {}), {} snapshots, verified",
+            d.ops, d.head, d.horizon, d.snapshots
+        );
+    }
+    Ok(())
+}
+
+fn copy(from: &DbUrl, to: &DbUrl) -> anyhow::Result<()> {
+    if from == to {
+        anyhow::bail!("--from and --to name the same database");
+    }
+    let report = transfer::copy(from, to)?;
+    let ops: i64 = report.users.iter().map(|(_, d)| d.ops).sum();
+    for (user, d) in &report.users {
+        println!(
+            "{user}: {} ops, {} snapshots, {} devices, {} entities  ok  {}",
+            d.ops,
+            d.snapshots,
+            d.devices,
+            d.entities,
+            &d.ops_sha256[..16]
+        );
+    }
+    println!(
+        "copied {} users ({ops} ops) and {} revocations from {from} to {to}; every user verified",
+        report.users.len(),
+        report.revoked
+    );
+    Ok(())
 }
 
 /// Loads the root key; generates the default key file if `may_create` (serve and

@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
 
 use crate::db::{Backend, DbError, DbUrl};
-use crate::log::Limits;
+use crate::log::{Limits, Retention};
 use crate::realtime::RealtimeConfig;
 
 /// The data directory when none is given.
@@ -63,6 +64,31 @@ pub struct Settings {
     /// server's own origin and clients without an Origin are always allowed.
     #[arg(long, global = true, env = "OPSYNC_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Most bytes in one snapshot [default: 67108864].
+    #[arg(long, global = true, env = "OPSYNC_MAX_SNAPSHOT_BYTES", value_name = "BYTES")]
+    pub max_snapshot_bytes: Option<usize>,
+    /// Say a snapshot is due when more ops than this follow the latest [default: 1000].
+    #[arg(long, global = true, env = "OPSYNC_SNAPSHOT_EVERY", value_name = "N")]
+    pub snapshot_every: Option<i64>,
+    /// Snapshots kept per user, the newest [default: 3].
+    #[arg(long, global = true, env = "OPSYNC_KEEP_SNAPSHOTS", value_name = "N")]
+    pub keep_snapshots: Option<usize>,
+    /// Never remove ops younger than this, e.g. 30d [default: 30d].
+    #[arg(long, global = true, env = "OPSYNC_RETENTION", value_name = "DURATION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Keep a tombstone (an entity's `del`) at least this long [default: 90d].
+    #[arg(long, global = true, env = "OPSYNC_TOMBSTONE_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub tombstone_ttl: Option<Duration>,
+    /// Per-entity compaction: keep only the newest op per entity [default: false].
+    #[arg(long, global = true, env = "OPSYNC_COMPACT_ENTITIES", value_name = "BOOL")]
+    pub compact_entities: Option<bool>,
+    /// How often the server compacts, e.g. 1h; 0s: never [default: 1h].
+    #[arg(long, global = true, env = "OPSYNC_COMPACT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub compact_interval: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30d or 1h: {e}"))
 }
 
 /// The optional TOML file: the same settings, by the same names.
@@ -87,6 +113,8 @@ pub struct FileSettings {
     pub limits: Option<Limits>,
     /// `[realtime]`: WebSocket and long-poll tunables.
     pub realtime: Option<RealtimeConfig>,
+    /// Snapshots, retention and compaction.
+    pub retention: Option<Retention>,
 }
 
 /// Where the root key comes from.
@@ -135,6 +163,8 @@ pub struct Config {
     pub limits: Limits,
     /// WebSocket and long-poll tunables.
     pub realtime: RealtimeConfig,
+    /// Snapshots, retention and compaction.
+    pub retention: Retention,
 }
 
 /// A setting that cannot be used.
@@ -205,6 +235,33 @@ impl Config {
         if let Some(n) = settings.max_body_bytes {
             limits.max_body_bytes = n;
         }
+        if let Some(n) = settings.max_snapshot_bytes {
+            limits.max_snapshot_bytes = n;
+        }
+        let mut retention = file.retention.unwrap_or_default();
+        if let Some(n) = settings.snapshot_every {
+            retention.snapshot_every = n;
+        }
+        if let Some(n) = settings.keep_snapshots {
+            retention.keep_snapshots = n;
+        }
+        if let Some(d) = settings.retention {
+            retention.retention = d;
+        }
+        if let Some(d) = settings.tombstone_ttl {
+            retention.tombstone_ttl = d;
+        }
+        if let Some(b) = settings.compact_entities {
+            retention.compact_entities = b;
+        }
+        if let Some(d) = settings.compact_interval {
+            retention.compact_interval = d;
+        }
+        if retention.snapshot_every < 1 {
+            return Err(ConfigError::Invalid { name: "snapshot_every", reason: "must be at least 1".into() });
+        }
+        positive("keep_snapshots", retention.keep_snapshots)?;
+        positive("max_snapshot_bytes", limits.max_snapshot_bytes)?;
         positive("max_ops_per_push", limits.max_ops_per_push)?;
         positive("max_op_bytes", limits.max_op_bytes)?;
         positive("max_body_bytes", limits.max_body_bytes)?;
@@ -232,7 +289,7 @@ impl Config {
                 reason: "must be longer than realtime.heartbeat_ms".into(),
             });
         }
-        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime })
+        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime, retention })
     }
 }
 
@@ -279,8 +336,31 @@ mod tests {
         assert_eq!(c.db.as_str(), "postgres://u@h/db?connect_timeout=5");
         assert_eq!(c.writers, 4);
         assert_eq!(c.limits.max_ops_per_push, 7);
+        assert_eq!(c.retention, Retention::default());
         let settings = Settings { config: Some(path), listen: Some("127.0.0.1:1".into()), ..Settings::default() };
         assert_eq!(Config::resolve_with(&settings, None).unwrap().listen.port(), 1);
+    }
+
+    #[test]
+    fn retention_settings_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opsync.toml");
+        std::fs::write(
+            &path,
+            "[retention]\nsnapshot_every = 50\nretention = \"7d\"\ncompact_entities = true\ncompact_interval = \"0s\"\n",
+        )
+        .unwrap();
+        let settings =
+            Settings { config: Some(path), tombstone_ttl: Some(Duration::from_secs(60)), ..Settings::default() };
+        let c = Config::resolve_with(&settings, None).unwrap();
+        assert_eq!(c.retention.snapshot_every, 50);
+        assert_eq!(c.retention.retention, Duration::from_secs(7 * 86400));
+        assert!(c.retention.compact_entities);
+        assert_eq!(c.retention.compact_interval, Duration::ZERO);
+        assert_eq!(c.retention.tombstone_ttl, Duration::from_secs(60));
+        assert_eq!(c.retention.keep_snapshots, 3);
+        let zero = Settings { keep_snapshots: Some(0), ..Settings::default() };
+        assert!(Config::resolve_with(&zero, None).is_err());
     }
 
     #[test]

@@ -47,6 +47,17 @@ pub enum ErrorCode {
     SinceBeyondHead,
     /// An ack of a seq beyond the head.
     SeqBeyondHead,
+    /// A pull (or catch-up) from below the retention horizon: ops it needs were
+    /// pruned. Download the snapshot (`snapshot_seq`) and pull from its seq.
+    ResyncRequired,
+    /// A snapshot at a seq below the retention horizon (it could not be used).
+    SnapshotBelowHorizon,
+    /// A snapshot larger than the configured limit.
+    SnapshotTooLarge,
+    /// The uploaded bytes do not match the SHA-256 the client sent with them.
+    ChecksumMismatch,
+    /// The user has no snapshot (at or before the seq asked for).
+    NoSnapshot,
     /// No token, or a token that is not valid for this server.
     InvalidToken,
     /// The token (or one of its blocks) has expired.
@@ -83,13 +94,14 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             MalformedBody | InvalidQuery | InvalidField | InvalidOp | DuplicateOpInBatch | EmptyPush
-            | MalformedFrame | UnknownMessage | UnexpectedMessage => StatusCode::BAD_REQUEST,
+            | MalformedFrame | UnknownMessage | UnexpectedMessage | ChecksumMismatch => StatusCode::BAD_REQUEST,
             UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            BodyTooLarge | TooManyOps | OpTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTooLarge | TooManyOps | OpTooLarge | SnapshotTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType | UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            OpIdConflict | StaleHead | HeadAhead | EntityConflict | SinceBeyondHead | SeqBeyondHead => {
-                StatusCode::CONFLICT
-            }
+            OpIdConflict | StaleHead | HeadAhead | EntityConflict | SinceBeyondHead | SeqBeyondHead
+            | SnapshotBelowHorizon => StatusCode::CONFLICT,
+            ResyncRequired => StatusCode::GONE,
+            NoSnapshot => StatusCode::NOT_FOUND,
             InvalidToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             Forbidden | DeviceMismatch | OriginNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
@@ -120,6 +132,11 @@ impl ErrorCode {
             EntityConflict => "entity_conflict",
             SinceBeyondHead => "since_beyond_head",
             SeqBeyondHead => "seq_beyond_head",
+            ResyncRequired => "resync_required",
+            SnapshotBelowHorizon => "snapshot_below_horizon",
+            SnapshotTooLarge => "snapshot_too_large",
+            ChecksumMismatch => "checksum_mismatch",
+            NoSnapshot => "no_snapshot",
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
             TokenRevoked => "token_revoked",
@@ -143,7 +160,8 @@ impl ErrorCode {
 #[error("{}: {}", .body.error, .body.message)]
 pub struct ApiError {
     code: ErrorCode,
-    body: ErrorBody,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere; keep it small.
+    body: Box<ErrorBody>,
 }
 
 impl ApiError {
@@ -155,13 +173,22 @@ impl ApiError {
             head: None,
             ids: None,
             conflicts: None,
+            horizon: None,
+            snapshot_seq: None,
         };
-        Self { code, body }
+        Self { code, body: Box::new(body) }
     }
 
     /// Adds the user's head to the body.
     pub fn with_head(mut self, head: Seq) -> Self {
         self.body.head = Some(head);
+        self
+    }
+
+    /// Adds the retention horizon and the latest snapshot's seq.
+    pub fn with_horizon(mut self, horizon: Seq, snapshot_seq: Option<Seq>) -> Self {
+        self.body.horizon = Some(horizon);
+        self.body.snapshot_seq = snapshot_seq;
         self
     }
 
@@ -252,6 +279,15 @@ impl From<crate::log::LogError> for ApiError {
             LogError::SeqBeyondHead { head, .. } => {
                 ApiError::new(ErrorCode::SeqBeyondHead, e.to_string()).with_head(head)
             }
+            LogError::ResyncRequired { horizon, snapshot_seq } => {
+                ApiError::new(ErrorCode::ResyncRequired, e.to_string()).with_horizon(horizon, snapshot_seq)
+            }
+            LogError::SnapshotBelowHorizon { horizon, .. } => {
+                ApiError::new(ErrorCode::SnapshotBelowHorizon, e.to_string()).with_horizon(horizon, None)
+            }
+            LogError::SnapshotTooLarge { .. } => ApiError::new(ErrorCode::SnapshotTooLarge, e.to_string()),
+            LogError::ChecksumMismatch { .. } => ApiError::new(ErrorCode::ChecksumMismatch, e.to_string()),
+            LogError::NoSnapshot => ApiError::new(ErrorCode::NoSnapshot, e.to_string()),
             LogError::Unavailable(cause) => ApiError::unavailable(cause),
             LogError::Db(_) | LogError::Corrupt(_) | LogError::Answered(_) => ApiError::internal(e),
         }
@@ -285,6 +321,13 @@ mod tests {
 
     #[test]
     fn body_carries_details() -> Result<(), serde_json::Error> {
+        let gone = ApiError::from(crate::log::LogError::ResyncRequired { horizon: 5, snapshot_seq: Some(9) });
+        assert_eq!(gone.code().status(), StatusCode::GONE);
+        let v = serde_json::to_value(gone.body())?;
+        assert_eq!(
+            (v["error"].as_str(), v["horizon"].as_i64(), v["snapshot_seq"].as_i64()),
+            (Some("resync_required"), Some(5), Some(9))
+        );
         let e = ApiError::new(ErrorCode::StaleHead, "behind").with_head(7);
         let v = serde_json::to_value(e.body())?;
         assert_eq!(v, serde_json::json!({"error": "stale_head", "message": "behind", "head": 7}));

@@ -128,6 +128,13 @@ pub struct PushResponse {
     pub results: Vec<OpResult>,
     /// The user's head after the push.
     pub head: Seq,
+    /// The seq of the user's latest snapshot (0: none).
+    #[serde(default)]
+    pub snapshot_seq: Seq,
+    /// More ops than the server's `snapshot_every` follow the latest snapshot: a
+    /// client that can should upload one (`PUT /v1/snapshot`).
+    #[serde(default)]
+    pub snapshot_due: bool,
 }
 
 /// One op as the server stores and serves it.
@@ -167,6 +174,12 @@ pub struct PullResponse {
     pub head: Seq,
     /// Whether ops after the last one of this page exist (pull again from its seq).
     pub has_more: bool,
+    /// The seq of the user's latest snapshot (0: none).
+    #[serde(default)]
+    pub snapshot_seq: Seq,
+    /// A snapshot is due (see [`PushResponse::snapshot_due`]).
+    #[serde(default)]
+    pub snapshot_due: bool,
 }
 
 /// `POST /v1/ack`.
@@ -214,6 +227,56 @@ pub struct StatusResponse {
     pub devices: Vec<DeviceStatus>,
     /// The server's clock, milliseconds since the Unix epoch.
     pub server_time: i64,
+    /// Ops at or below this seq may have been pruned: a pull from below it is
+    /// answered `resync_required`.
+    #[serde(default)]
+    pub horizon: Seq,
+    /// The latest snapshot, if any.
+    #[serde(default)]
+    pub snapshot: Option<SnapshotInfo>,
+    /// Devices whose cursor is below the horizon: they must resync from the snapshot.
+    #[serde(default)]
+    pub stale_devices: Vec<String>,
+    /// Entities whose last op is a `del`, still remembered (until their TTL).
+    #[serde(default)]
+    pub tombstones: i64,
+}
+
+/// A stored snapshot, as `PUT /v1/snapshot` answers and `GET /v1/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// The seq it covers: the state after applying ops 1..=seq.
+    pub seq: Seq,
+    /// Its size in bytes.
+    pub size: i64,
+    /// SHA-256 of its bytes, lowercase hex.
+    pub sha256: String,
+    /// The Content-Type it was uploaded with.
+    pub content_type: String,
+    /// When it was stored, milliseconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+impl SnapshotInfo {
+    /// Its entity tag (strong: the same seq and bytes give the same tag).
+    pub fn etag(&self) -> String {
+        format!("\"{}-{}\"", self.seq, &self.sha256)
+    }
+}
+
+/// The answer to `DELETE /v1/account`: what was removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountDeleted {
+    /// The user.
+    pub user: String,
+    /// Ops removed.
+    pub ops: i64,
+    /// Snapshots removed.
+    pub snapshots: i64,
+    /// Devices removed.
+    pub devices: i64,
+    /// Entity rows (last seqs and tombstones) removed.
+    pub entities: i64,
 }
 
 /// One per-entity conflict in an `entity_conflict` error.
@@ -246,6 +309,12 @@ pub struct ErrorBody {
     /// The conflicting ops, for `entity_conflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<Vec<EntityConflict>>,
+    /// The retention horizon, for `resync_required` and `snapshot_below_horizon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<Seq>,
+    /// The latest snapshot's seq, for `resync_required` (absent: there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_seq: Option<Seq>,
 }
 
 #[cfg(test)]

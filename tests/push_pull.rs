@@ -352,7 +352,10 @@ async fn json_bodies_use_the_documented_keys(s: TestServer) {
         .unwrap();
     assert_eq!(res.headers().get("content-type").unwrap(), "application/json");
     let pushed: Value = serde_json::from_slice(&res.body().await.unwrap()).unwrap();
-    assert_eq!(pushed, json!({"results": [{"id": id, "seq": 1, "status": "stored"}], "head": 1}));
+    assert_eq!(
+        pushed,
+        json!({"results": [{"id": id, "seq": 1, "status": "stored"}], "head": 1, "snapshot_seq": 0, "snapshot_due": false})
+    );
     let body = json!({"ops": [{"id": OpId::generate().to_string(), "payload": ""}]});
     http.post(s.url("/v1/ops"))
         .insert_header(auth.clone())
@@ -367,7 +370,7 @@ async fn json_bodies_use_the_documented_keys(s: TestServer) {
         k.sort();
         k
     };
-    assert_eq!(keys(&page), ["has_more", "head", "ops"]);
+    assert_eq!(keys(&page), ["has_more", "head", "ops", "snapshot_due", "snapshot_seq"]);
     assert_eq!(keys(&page["ops"][0]), ["device", "entity", "id", "kind", "payload", "received_at", "seq", "ts"]);
     assert_eq!(keys(&page["ops"][1]), ["device", "id", "payload", "received_at", "seq"]);
     assert_eq!(page["ops"][1]["device"], Value::Null);

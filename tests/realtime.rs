@@ -38,6 +38,8 @@ on_both!(
     bad_frames_get_errors_or_close_codes_and_the_server_carries_on,
     a_revoked_or_expired_token_closes_its_socket,
     authentication_is_checked_before_and_after_the_upgrade,
+    a_session_below_the_horizon_is_told_to_bootstrap_from_the_snapshot,
+    deleting_the_account_closes_its_sessions,
 );
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -510,6 +512,10 @@ async fn commits_reach_the_other_node_through_postgres_and_survive_a_listener_re
     a.client("u").push(&push_of(ops(1, 4))).await.unwrap();
     t.until(&mut on_b, 10).await;
     assert_eq!(t.from_others, 10);
+    // Deleting the account on A closes the user's sessions on B.
+    a.client("u").delete_account().await.unwrap();
+    let closed = tokio::time::timeout(WAIT, on_b.recv()).await.unwrap().unwrap();
+    assert!(matches!(closed, Received::Closed(Some(4010), _)), "{closed:?}");
     drop(b);
 }
 
@@ -517,4 +523,44 @@ async fn commits_reach_the_other_node_through_postgres_and_survive_a_listener_re
 struct Killed {
     #[diesel(sql_type = diesel::sql_types::Bool)]
     killed: bool,
+}
+
+async fn a_session_below_the_horizon_is_told_to_bootstrap_from_the_snapshot(backend: Backend) {
+    use opsync::log::{Retention, now_ms, retention};
+    let Some(s) = TestServer::start(backend).await else { return };
+    let c = s.client("u");
+    c.push(&push_of(ops(10, 1))).await.unwrap();
+    c.put_snapshot(6, b"state at 6".to_vec()).await.unwrap();
+    let policy = Retention { compact_interval: Duration::ZERO, ..Retention::default() };
+    let month = 31 * 24 * 3600 * 1000;
+    let done =
+        s.state.log.with_conn(move |conn| retention::compact_user(conn, "u", &policy, now_ms() + month)).await.unwrap();
+    assert_eq!(done.horizon, 6);
+    // From below the horizon: resync to the snapshot, then close 4012.
+    let (mut old, _) = connect(&s, "u", "old", 2).await;
+    match old.recv_msg().await.unwrap() {
+        ServerMsg::Resync { from, reason, snapshot_seq } => {
+            assert_eq!((from, reason, snapshot_seq), (2, ResyncReason::Horizon, Some(6)));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(old.recv().await.unwrap(), Received::Closed(Some(4012), _)));
+    // From the snapshot: the remaining ops, in order.
+    let (mut fresh, _) = connect(&s, "u", "fresh", 6).await;
+    let mut t = Tracker::new(6);
+    t.until(&mut fresh, 10).await;
+    assert_eq!(t.from_others, 4);
+}
+
+async fn deleting_the_account_closes_its_sessions(backend: Backend) {
+    let Some(s) = TestServer::start(backend).await else { return };
+    let (mut doomed, _) = connect(&s, "u", "a", 0).await;
+    let (mut other, _) = connect(&s, "v", "a", 0).await;
+    s.client("u").push(&push_of(ops(3, 1))).await.unwrap();
+    Tracker::new(0).until(&mut doomed, 3).await;
+    s.client("u").delete_account().await.unwrap();
+    let closed = tokio::time::timeout(WAIT, doomed.recv()).await.unwrap().unwrap();
+    assert!(matches!(closed, Received::Closed(Some(4010), _)), "{closed:?}");
+    other.send(&ClientMsg::Ping { id: Some(1) }).await.unwrap();
+    assert_eq!(other.recv_msg().await.unwrap(), ServerMsg::Pong { id: Some(1) }, "other users are untouched");
 }

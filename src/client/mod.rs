@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 
 use crate::http::body::{self, Format};
 use crate::ids::Seq;
-use crate::protocol::{AckRequest, AckResponse, ErrorBody, PullResponse, PushRequest, PushResponse, StatusResponse};
+use crate::protocol::{
+    AccountDeleted, AckRequest, AckResponse, ErrorBody, PullResponse, PushRequest, PushResponse, SnapshotInfo,
+    StatusResponse,
+};
 
 /// The largest response body the client reads.
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
@@ -113,6 +116,68 @@ impl Client {
         self.send::<(), _>(awc::http::Method::GET, "/v1/status", None).await
     }
 
+    /// Uploads a snapshot of the state after applying ops up to `seq`.
+    pub async fn put_snapshot(&self, seq: Seq, data: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
+        let response = self
+            .http
+            .put(format!("{}/v1/snapshot?seq={seq}", self.base))
+            .insert_header((header::AUTHORIZATION, format!("Bearer {}", self.token)))
+            .insert_header((header::ACCEPT, self.format.content_type()))
+            .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+            .send_body(data)
+            .await;
+        self.answer(response).await
+    }
+
+    /// Downloads the latest snapshot (or the latest at or before a seq): its seq and bytes.
+    pub async fn snapshot(&self, at_or_before: Option<Seq>) -> Result<(Seq, Vec<u8>), ClientError> {
+        let query = at_or_before.map(|s| format!("?at_or_before={s}")).unwrap_or_default();
+        let mut response = self
+            .http
+            .get(format!("{}/v1/snapshot{query}", self.base))
+            .insert_header((header::AUTHORIZATION, format!("Bearer {}", self.token)))
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let bytes =
+            response.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(error_of(status.as_u16(), &bytes));
+        }
+        let seq = response
+            .headers()
+            .get("x-opsync-snapshot-seq")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Decode("no X-Opsync-Snapshot-Seq header".into()))?;
+        Ok((seq, bytes.to_vec()))
+    }
+
+    /// Deletes the token's user's account (everything the server holds for it).
+    pub async fn delete_account(&self) -> Result<AccountDeleted, ClientError> {
+        self.send::<(), _>(awc::http::Method::DELETE, "/v1/account", None).await
+    }
+
+    async fn answer<T: DeserializeOwned>(
+        &self,
+        sent: Result<
+            awc::ClientResponse<
+                impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+            >,
+            awc::error::SendRequestError,
+        >,
+    ) -> Result<T, ClientError> {
+        let mut response = sent.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        let bytes =
+            response.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            return Err(error_of(status.as_u16(), &bytes));
+        }
+        body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: awc::http::Method,
@@ -136,10 +201,16 @@ impl Client {
         let bytes =
             response.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| ClientError::Transport(e.to_string()))?;
         if !status.is_success() {
-            let body: ErrorBody = serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Decode(format!("{status} with an unreadable error body: {e}")))?;
-            return Err(ClientError::Api { status: status.as_u16(), body });
+            return Err(error_of(status.as_u16(), &bytes));
         }
         body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// The error an unsuccessful answer carries.
+fn error_of(status: u16, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api { status, body },
+        Err(e) => ClientError::Decode(format!("{status} with an unreadable error body: {e}")),
     }
 }

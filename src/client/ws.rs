@@ -82,6 +82,8 @@ fn rejected(status: awc::http::StatusCode) -> crate::protocol::ErrorBody {
         head: None,
         ids: None,
         conflicts: None,
+        horizon: None,
+        snapshot_seq: None,
     }
 }
 

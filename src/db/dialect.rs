@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::upsert::excluded;
 
 use super::DbConn;
-use super::schema::{devices, entities, ops, revoked_tokens, users};
+use super::schema::{devices, entities, ops, revoked_tokens, snapshots, users};
 
 /// Runs one statement on whichever connection `$conn` holds.
 macro_rules! on_backend {
@@ -60,23 +60,113 @@ pub(crate) fn rollback(conn: &mut DbConn) -> QueryResult<()> {
 /// locks the row until the transaction ends: every push of this user, on any node,
 /// waits here, so seqs are assigned and committed in one order.
 pub(crate) fn lock_user(conn: &mut DbConn, user: &str, now: i64) -> QueryResult<i64> {
+    lock_user_state(conn, user, now).map(|state| state.head)
+}
+
+/// What [`lock_user_state`] returns: the user's row as the lock found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct UserState {
+    /// The highest seq.
+    pub head: i64,
+    /// Ops at or below it may have been pruned.
+    pub horizon: i64,
+    /// The latest snapshot's seq (0: none).
+    pub snapshot_seq: i64,
+}
+
+/// [`lock_user`], returning the whole state of the user's log in the same statement.
+pub(crate) fn lock_user_state(conn: &mut DbConn, user: &str, now: i64) -> QueryResult<UserState> {
     let query = diesel::insert_into(users::table)
         .values((users::id.eq(user), users::head.eq(0_i64), users::created_at.eq(now)))
         .on_conflict(users::id)
         .do_update()
         .set(users::head.eq(users::head))
-        .returning(users::head);
-    on_backend!(conn, |c| query.get_result(c))
+        .returning((users::head, users::horizon, users::snapshot_seq));
+    let (head, horizon, snapshot_seq) = on_backend!(conn, |c| query.get_result(c))?;
+    Ok(UserState { head, horizon, snapshot_seq })
 }
 
-/// Records the last seq of each entity, `(entity, seq)` pairs with distinct entities.
-pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64)]) -> QueryResult<()> {
+/// Starts a read-only transaction that sees one consistent state of the database
+/// for its whole length (exports and copies read a user's log in many statements).
+pub(crate) fn begin_consistent_read(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        // In WAL mode a deferred transaction reads one snapshot once it has read.
+        DbConn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN"),
+        DbConn::Pg(c) => {
+            AnsiTransactionManager::begin_transaction_sql(c, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        }
+    }
+}
+
+/// Takes the cluster-wide compaction lock without waiting: `false` if another
+/// node's compaction holds it. A session lock on Postgres (released by
+/// [`release_compaction_lock`] or when the connection ends); SQLite has one node.
+pub(crate) fn try_compaction_lock(conn: &mut DbConn) -> QueryResult<bool> {
+    match conn {
+        DbConn::Sqlite(_) => Ok(true),
+        DbConn::Pg(c) => diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_lock({PG_COMPACTION_LOCK})"
+        )))
+        .get_result(c),
+    }
+}
+
+/// Releases what [`try_compaction_lock`] took.
+pub(crate) fn release_compaction_lock(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        DbConn::Sqlite(_) => Ok(()),
+        DbConn::Pg(c) => c.batch_execute(&format!("SELECT pg_advisory_unlock({PG_COMPACTION_LOCK})")),
+    }
+}
+
+/// An arbitrary, fixed advisory-lock key for compaction runs (one node at a time).
+const PG_COMPACTION_LOCK: i64 = 0x6f70_7379_6e64;
+
+/// Stores a snapshot, replacing one of the same user and seq.
+pub(crate) fn upsert_snapshot(conn: &mut DbConn, row: &SnapshotInsert<'_>) -> QueryResult<()> {
+    let query = diesel::insert_into(snapshots::table)
+        .values(row)
+        .on_conflict((snapshots::user_id, snapshots::seq))
+        .do_update()
+        .set((
+            snapshots::created_at.eq(excluded(snapshots::created_at)),
+            snapshots::size.eq(excluded(snapshots::size)),
+            snapshots::sha256.eq(excluded(snapshots::sha256)),
+            snapshots::content_type.eq(excluded(snapshots::content_type)),
+            snapshots::data.eq(excluded(snapshots::data)),
+        ));
+    on_backend!(conn, |c| query.execute(c)).map(drop)
+}
+
+/// One snapshot row to insert.
+#[derive(Insertable)]
+#[diesel(table_name = snapshots)]
+pub(crate) struct SnapshotInsert<'a> {
+    pub user_id: &'a str,
+    pub seq: i64,
+    pub created_at: i64,
+    pub size: i64,
+    pub sha256: &'a str,
+    pub content_type: &'a str,
+    pub data: &'a [u8],
+}
+
+/// Records the last seq of each entity, `(entity, seq, deleted_at)` with distinct
+/// entities; `deleted_at` is set when that last op is a `del` (a tombstone).
+pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64, Option<i64>)]) -> QueryResult<()> {
     if last.is_empty() {
         return Ok(());
     }
     let rows: Vec<_> = last
         .iter()
-        .map(|(entity, seq)| (entities::user_id.eq(user), entities::entity.eq(*entity), entities::last_seq.eq(*seq)))
+        .map(|(entity, seq, deleted_at)| {
+            (
+                entities::user_id.eq(user),
+                entities::entity.eq(*entity),
+                entities::last_seq.eq(*seq),
+                entities::deleted_at.eq(*deleted_at),
+            )
+        })
         .collect();
     // Chunked: a statement has at most 32766 (SQLite) / 65535 (Postgres) parameters.
     for chunk in rows.chunks(1000) {
@@ -84,7 +174,10 @@ pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64)
             .values(chunk)
             .on_conflict((entities::user_id, entities::entity))
             .do_update()
-            .set(entities::last_seq.eq(excluded(entities::last_seq)));
+            .set((
+                entities::last_seq.eq(excluded(entities::last_seq)),
+                entities::deleted_at.eq(excluded(entities::deleted_at)),
+            ));
         on_backend!(&mut *conn, |c| query.execute(c))?;
     }
     Ok(())
@@ -158,16 +251,26 @@ pub(crate) fn insert_ops(conn: &mut DbConn, rows: &[OpInsert<'_>]) -> QueryResul
 /// The Postgres channel commits are announced on, for the other nodes.
 pub const NOTIFY_CHANNEL: &str = "opsync_commits";
 
-/// Announces committed seq ranges to the other nodes (Postgres only; SQLite has one
-/// node). Runs inside the write transaction: Postgres delivers the notifications at
-/// COMMIT, in commit order, and drops them on rollback. Each payload is
-/// `NODE FROM TO USER` (the user last: it may contain anything but whitespace).
-pub(crate) fn notify_commits(conn: &mut DbConn, node: &str, ranges: &[(&str, i64, i64)]) -> QueryResult<()> {
+/// Announces committed seq ranges and deleted users to the other nodes (Postgres
+/// only; SQLite has one node). Runs inside the write transaction: Postgres delivers
+/// the notifications at COMMIT, in commit order, and drops them on rollback. Each
+/// payload is `NODE FROM TO USER` or `NODE del USER` (the user last: it may contain
+/// anything but whitespace).
+pub(crate) fn notify_commits(
+    conn: &mut DbConn,
+    node: &str,
+    ranges: &[(&str, i64, i64)],
+    deleted: &[&str],
+) -> QueryResult<()> {
     let DbConn::Pg(c) = conn else { return Ok(()) };
-    if ranges.is_empty() {
+    if ranges.is_empty() && deleted.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<String> = ranges.iter().map(|(user, from, to)| format!("{node} {from} {to} {user}")).collect();
+    let payloads: Vec<String> = ranges
+        .iter()
+        .map(|(user, from, to)| format!("{node} {from} {to} {user}"))
+        .chain(deleted.iter().map(|user| format!("{node} del {user}")))
+        .collect();
     diesel::sql_query(format!("SELECT pg_notify('{NOTIFY_CHANNEL}', p) FROM unnest($1::text[]) AS p"))
         .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(payloads)
         .execute(c)

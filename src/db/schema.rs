@@ -8,6 +8,8 @@ diesel::table! {
         id -> Text,
         head -> BigInt,
         created_at -> BigInt,
+        horizon -> BigInt,
+        snapshot_seq -> BigInt,
     }
 }
 
@@ -31,6 +33,7 @@ diesel::table! {
         user_id -> Text,
         entity -> Text,
         last_seq -> BigInt,
+        deleted_at -> Nullable<BigInt>,
     }
 }
 
@@ -51,4 +54,16 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(users, ops, entities, devices, revoked_tokens);
+diesel::table! {
+    snapshots (user_id, seq) {
+        user_id -> Text,
+        seq -> BigInt,
+        created_at -> BigInt,
+        size -> BigInt,
+        sha256 -> Text,
+        content_type -> Text,
+        data -> Binary,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(users, ops, entities, devices, revoked_tokens, snapshots);

@@ -1,7 +1,9 @@
 //! Thin HTTP handlers: extract → authorize → call the log → respond.
 
+pub mod account;
 pub mod auth;
 pub mod body;
+pub mod snapshot;
 pub mod ws;
 
 use actix_web::http::StatusCode;
@@ -27,7 +29,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/v1/ws").get(ws::connect).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ack").post(ack).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/status").get(status).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)));
+        .service(web::resource("/v1/admin/revoke").post(revoke).default_service(web::to(method_not_allowed)))
+        .service(snapshot::resource())
+        .service(account::resource());
 }
 
 /// Reads and decodes a request body in the format its Content-Type names.
@@ -96,17 +100,31 @@ async fn pull(
     let page = if query.wait == 0 {
         state.log.pull(user, query.since, limit).await?
     } else {
-        // Registered before the read: a commit after it fires the watch, one before
-        // it is in the read.
-        let mut watch = state.realtime.watch(&user).await.map_err(ApiError::unavailable)?;
-        let page = state.log.pull(user.clone(), query.since, limit).await?;
-        if page.ops.is_empty() && watch.wait(std::time::Duration::from_secs(query.wait)).await {
-            state.log.pull(user, query.since, limit).await?
-        } else {
-            page
-        }
+        long_poll(&state, user, query.since, limit, std::time::Duration::from_secs(query.wait)).await?
     };
     body::respond(Format::for_response(req.headers(), None), StatusCode::OK, &page)
+}
+
+/// A page after `since`, waiting up to `wait` for one to exist. The watch is
+/// registered before each read: a commit after it fires the watch, one before it is
+/// in the read. A wake-up with nothing new (a refresh after a listener reconnect)
+/// just waits again.
+async fn long_poll(
+    state: &AppState,
+    user: crate::ids::UserId,
+    since: i64,
+    limit: usize,
+    wait: std::time::Duration,
+) -> Result<crate::protocol::PullResponse, ApiError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut watch = state.realtime.watch(&user).await.map_err(ApiError::unavailable)?;
+        let page = state.log.pull(user.clone(), since, limit).await?;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if !page.ops.is_empty() || left.is_zero() || !watch.wait(left).await {
+            return Ok(page);
+        }
+    }
 }
 
 /// `POST /v1/ack`: a device's cursor.
@@ -201,7 +219,7 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::NotFound, format!("no route for {} {}", req.method(), req.path())))
 }
 
-async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(ErrorCode::MethodNotAllowed, format!("{} is not allowed on {}", req.method(), req.path())))
 }
 

@@ -60,6 +60,7 @@ mod close {
     pub const HELLO_TIMEOUT: CloseOrder = CloseOrder { code: 4008, reason: "hello_timeout" };
     pub const TOO_SLOW: CloseOrder = CloseOrder { code: 4009, reason: "too_slow" };
     pub const IDLE: CloseOrder = CloseOrder { code: 4011, reason: "idle_timeout" };
+    pub const RESYNC_REQUIRED: CloseOrder = CloseOrder { code: 4012, reason: "resync_required" };
     pub const SINCE_BEYOND_HEAD: CloseOrder = CloseOrder { code: 4013, reason: "since_beyond_head" };
     pub const TOO_BIG: CloseOrder = CloseOrder { code: 1009, reason: "frame_too_large" };
     pub const BAD_FRAMING: CloseOrder = CloseOrder { code: 1002, reason: "protocol_error" };
@@ -440,6 +441,13 @@ impl Session {
             }
             let page = match self.state.log.pull(self.user.clone(), self.delivered, limit).await {
                 Ok(page) => page,
+                Err(LogError::ResyncRequired { snapshot_seq, .. }) => {
+                    // Ops after `delivered` were pruned: the client bootstraps from
+                    // the snapshot and comes back with `since` = its seq.
+                    let from = self.delivered;
+                    self.send_msg(&ServerMsg::Resync { from, reason: ResyncReason::Horizon, snapshot_seq }).await?;
+                    return Err(End::Close(close::RESYNC_REQUIRED));
+                }
                 Err(e) => return Err(self.log_failure(e)),
             };
             let Some(last) = page.ops.last().map(|op| op.seq) else {

@@ -5,19 +5,25 @@
 //! commands into one transaction (group commit) and answer each after the commit.
 //! Reads use the connection pool on the blocking thread pool.
 
+pub mod retention;
 pub mod sequencer;
+pub mod snapshot;
 pub mod store;
+pub mod transfer;
 mod validate;
 pub mod writer;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use retention::{Compacted, Retention};
 pub use sequencer::Rejection;
 pub use validate::{Invalid, Limits, validate_head, validate_push};
 
 use crate::db::{DbPool, PooledConn};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::protocol::{AckResponse, NewOp, OnStale, Op, PullResponse, PushResponse, StatusResponse};
+use crate::protocol::{
+    AccountDeleted, AckResponse, NewOp, OnStale, Op, PullResponse, PushResponse, SnapshotInfo, StatusResponse,
+};
 use writer::{Command, Writer};
 
 /// Milliseconds since the Unix epoch.
@@ -50,6 +56,41 @@ pub enum LogError {
         /// Actual.
         head: Seq,
     },
+    /// A pull from below the retention horizon: the ops it needs were pruned.
+    /// The client resyncs: downloads the snapshot at `snapshot_seq` and pulls from
+    /// there (the WebSocket layer answers the same with a `resync` message).
+    #[error("since is below the retention horizon {horizon}: resync from the snapshot")]
+    ResyncRequired {
+        /// Ops at or below it may be gone.
+        horizon: Seq,
+        /// The latest snapshot's seq (at or above the horizon), if there is one.
+        snapshot_seq: Option<Seq>,
+    },
+    /// A snapshot upload below the horizon: no client could pull on from it.
+    #[error("snapshot seq {seq} is below the retention horizon {horizon}")]
+    SnapshotBelowHorizon {
+        /// Requested.
+        seq: Seq,
+        /// The horizon.
+        horizon: Seq,
+    },
+    /// A snapshot over the size limit.
+    #[error("the snapshot is larger than {max} bytes")]
+    SnapshotTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// The uploaded bytes do not hash to the SHA-256 the client announced.
+    #[error("the snapshot's SHA-256 is {actual}, not {expected} as announced")]
+    ChecksumMismatch {
+        /// Announced.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// No snapshot (at or before the seq asked for).
+    #[error("no snapshot")]
+    NoSnapshot,
     /// The database cannot be reached (or the writer is gone); retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -99,6 +140,22 @@ pub struct Push {
     pub origin: Option<u64>,
 }
 
+/// A queued push: wait for its commit.
+#[derive(Debug)]
+pub struct PendingPush {
+    pending: writer::Pending<PushResponse>,
+    snapshot_every: Seq,
+}
+
+impl PendingPush {
+    /// Waits for the commit; the answer says whether a snapshot is due.
+    pub async fn wait(self) -> Result<PushResponse, LogError> {
+        let mut response = self.pending.wait().await?;
+        response.snapshot_due = response.head - response.snapshot_seq > self.snapshot_every;
+        Ok(response)
+    }
+}
+
 /// Ops that have just committed, handed to live delivery once per commit.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -121,6 +178,8 @@ pub trait CommitSink: Send + Sync + 'static {
     fn committed(&self, commits: Vec<Committed>);
     /// This node's id, carried by the notifications other nodes receive.
     fn node_id(&self) -> &str;
+    /// Called after a user's account deletion committed: their sessions end.
+    fn user_deleted(&self, user: &UserId);
 }
 
 /// A sink for processes that serve no live clients (the CLI).
@@ -135,6 +194,7 @@ impl CommitSink for NoSink {
     fn node_id(&self) -> &str {
         "cli"
     }
+    fn user_deleted(&self, _: &UserId) {}
 }
 
 /// Microseconds since the Unix epoch.
@@ -148,6 +208,7 @@ pub struct Log {
     writer: Writer,
     pool: DbPool,
     limits: Limits,
+    retention: Retention,
 }
 
 /// How long a request waits for a pooled connection or for the writer's answer.
@@ -156,12 +217,27 @@ const WAIT: Duration = Duration::from_secs(10);
 impl Log {
     /// A log over `pool`, writing through `writer`.
     pub fn new(writer: Writer, pool: DbPool, limits: Limits) -> Self {
-        Self { writer, pool, limits }
+        Self { writer, pool, limits, retention: Retention::default() }
+    }
+
+    /// The same log with these snapshot and retention settings.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The configured limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The snapshot and retention settings.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    fn snapshot_due(&self, head: Seq, snapshot_seq: Seq) -> bool {
+        head - snapshot_seq > self.retention.snapshot_every
     }
 
     /// Appends a push to the user's log; answers after the commit.
@@ -172,10 +248,74 @@ impl Log {
     /// Validates and queues a push, returning the wait for its commit. Pushes a
     /// caller starts one after the other are sequenced in that order (a WebSocket
     /// session pipelines its pushes this way).
-    pub async fn start_push(&self, push: Push) -> Result<writer::Pending<PushResponse>, LogError> {
+    pub async fn start_push(&self, push: Push) -> Result<PendingPush, LogError> {
         validate_head(push.expected_head, push.on_stale)?;
         validate_push(&push.ops, &self.limits, now_ms())?;
-        self.writer.enqueue(|reply| Command::Push(push, reply)).await
+        let pending = self.writer.enqueue(|reply| Command::Push(push, reply)).await?;
+        Ok(PendingPush { pending, snapshot_every: self.retention.snapshot_every })
+    }
+
+    /// Removes all of a user's ops, snapshots, devices and tombstones, in order
+    /// with the user's pushes (through the writer). The one entry point of account
+    /// deletion (HTTP and CLI).
+    pub async fn delete_user(&self, user: UserId) -> Result<AccountDeleted, LogError> {
+        self.writer.submit(|reply| Command::DeleteUser { user, reply }).await
+    }
+
+    /// Stores a snapshot of the user's state after applying ops up to `seq`.
+    /// `data` has been read within [`Limits::max_snapshot_bytes`]; the write is one
+    /// transaction, so a failed or concurrent upload never leaves a partial row.
+    pub async fn put_snapshot(
+        &self,
+        user: UserId,
+        seq: Seq,
+        content_type: String,
+        data: bytes::Bytes,
+        expected_sha256: Option<String>,
+    ) -> Result<SnapshotInfo, LogError> {
+        if seq < 0 {
+            return Err(Invalid::Field(format!("seq must be >= 0, got {seq}")).into());
+        }
+        if data.len() > self.limits.max_snapshot_bytes {
+            return Err(LogError::SnapshotTooLarge { max: self.limits.max_snapshot_bytes });
+        }
+        let keep = self.retention.keep_snapshots;
+        self.with_conn(move |conn| {
+            let snapshot = snapshot::NewSnapshot {
+                seq,
+                content_type: &content_type,
+                data: &data,
+                expected_sha256: expected_sha256.as_deref(),
+            };
+            store::in_write_transaction(conn, |conn| snapshot::store(conn, user.as_str(), &snapshot, keep, now_ms()))
+        })
+        .await
+    }
+
+    /// The latest snapshot's description (or the latest at or before a seq).
+    pub async fn snapshot_info(&self, user: UserId, at_or_before: Option<Seq>) -> Result<SnapshotInfo, LogError> {
+        self.with_conn(move |conn| {
+            snapshot::latest_info(conn, user.as_str(), at_or_before)?.ok_or(LogError::NoSnapshot)
+        })
+        .await
+    }
+
+    /// The latest snapshot with its bytes (or the latest at or before a seq).
+    pub async fn snapshot(&self, user: UserId, at_or_before: Option<Seq>) -> Result<(SnapshotInfo, Vec<u8>), LogError> {
+        self.with_conn(move |conn| snapshot::latest(conn, user.as_str(), at_or_before)?.ok_or(LogError::NoSnapshot))
+            .await
+    }
+
+    /// Compacts one user now, by the configured rules.
+    pub async fn compact_user(&self, user: UserId) -> Result<Compacted, LogError> {
+        let policy = self.retention.clone();
+        self.with_conn(move |conn| retention::compact_user(conn, user.as_str(), &policy, now_ms())).await
+    }
+
+    /// Compacts every user (`None`: another node is compacting right now).
+    pub async fn compact_all(&self) -> Result<Option<Vec<Compacted>>, LogError> {
+        let policy = self.retention.clone();
+        self.with_conn(move |conn| retention::compact_all(conn, &policy, now_ms())).await
     }
 
     /// Records how far a device has applied the log (never backwards, never beyond head).
@@ -190,7 +330,9 @@ impl Log {
     pub async fn pull(&self, user: UserId, since: Seq, limit: usize) -> Result<PullResponse, LogError> {
         let limit = limit.clamp(1, self.limits.max_page_ops);
         let max_bytes = self.limits.max_page_bytes;
-        self.with_conn(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await
+        let mut page = self.with_conn(move |conn| store::pull(conn, &user, since, limit, max_bytes)).await?;
+        page.snapshot_due = self.snapshot_due(page.head, page.snapshot_seq);
+        Ok(page)
     }
 
     /// The user's head (0 before the first op).

@@ -11,7 +11,9 @@ use crate::db::DbConn;
 use crate::db::dialect::{self, OpInsert};
 use crate::db::schema::{devices, entities, ops, users};
 use crate::ids::{DeviceId, OpId, Seq, UserId};
-use crate::protocol::{AckResponse, DeviceStatus, Op, Payload, PullResponse, PushResponse, StatusResponse};
+use crate::protocol::{
+    AccountDeleted, AckResponse, DeviceStatus, Op, Payload, PullResponse, PushResponse, StatusResponse,
+};
 
 /// Rows per SELECT when paging, so a page's memory stays bounded by its byte budget.
 const READ_CHUNK: i64 = 256;
@@ -55,7 +57,8 @@ impl TryFrom<OpRow> for Op {
 /// in which case nothing was written.
 pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Result<PushResponse, Rejection>> {
     let user = push.user.as_str();
-    let head = dialect::lock_user(conn, user, now)?;
+    let state = dialect::lock_user_state(conn, user, now)?;
+    let head = state.head;
 
     let ids: Vec<&[u8]> = push.ops.iter().map(|op| &op.id.as_bytes()[..]).collect();
     let existing: HashMap<OpId, StoredOp> = ops::table
@@ -111,21 +114,28 @@ pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Resul
             })
             .collect();
         dialect::insert_ops(conn, &rows)?;
-        // The last seq per entity (an entity may appear several times in one push).
-        let mut last: HashMap<&str, Seq> = HashMap::new();
+        // The last seq per entity (an entity may appear several times in one push),
+        // and a tombstone when that last op is a `del`.
+        let mut last: HashMap<&str, (Seq, Option<i64>)> = HashMap::new();
         for row in &rows {
             if let Some(entity) = row.entity {
-                last.insert(entity, row.seq);
+                let deleted_at = (row.kind == Some(DEL_KIND)).then_some(now);
+                last.insert(entity, (row.seq, deleted_at));
             }
         }
-        let last: Vec<(&str, Seq)> = last.into_iter().collect();
+        let last: Vec<(&str, Seq, Option<i64>)> = last.into_iter().map(|(e, (s, d))| (e, s, d)).collect();
         dialect::upsert_entities(conn, user, &last)?;
         diesel::update(users::table.find(user)).set(users::head.eq(plan.head)).execute(conn)?;
     }
     if let Some(device) = &push.device {
         dialect::touch_device(conn, user, device.as_str(), now)?;
     }
-    Ok(Ok(PushResponse { results: plan.results, head: plan.head }))
+    Ok(Ok(PushResponse {
+        results: plan.results,
+        head: plan.head,
+        snapshot_seq: state.snapshot_seq,
+        snapshot_due: false,
+    }))
 }
 
 /// Moves a device's cursor inside the caller's write transaction.
@@ -146,9 +156,28 @@ pub fn apply_ack(
     Ok(Ok(AckResponse { device: device.clone(), seq: cursor, head }))
 }
 
+/// The kind of an op that deletes its entity (and leaves a tombstone).
+pub const DEL_KIND: &str = "del";
+
 /// The user's head (0 for a user with no ops).
 pub fn head(conn: &mut DbConn, user: &UserId) -> QueryResult<Seq> {
     Ok(users::table.find(user.as_str()).select(users::head).first(conn).optional()?.unwrap_or(0))
+}
+
+/// A user's head, horizon and latest snapshot seq (zeros for a user with no row).
+pub(crate) fn user_state(conn: &mut DbConn, user: &str) -> QueryResult<dialect::UserState> {
+    let row: Option<(i64, i64, i64)> =
+        users::table.find(user).select((users::head, users::horizon, users::snapshot_seq)).first(conn).optional()?;
+    let (head, horizon, snapshot_seq) = row.unwrap_or_default();
+    Ok(dialect::UserState { head, horizon, snapshot_seq })
+}
+
+/// The error for a read from below the horizon.
+fn resync(state: &dialect::UserState) -> LogError {
+    LogError::ResyncRequired {
+        horizon: state.horizon,
+        snapshot_seq: (state.snapshot_seq > 0).then_some(state.snapshot_seq),
+    }
 }
 
 /// Ops after `since`, at most `limit` of them and about `max_bytes` of payload.
@@ -157,6 +186,11 @@ pub fn head(conn: &mut DbConn, user: &UserId) -> QueryResult<Seq> {
 /// committed head is committed (a push writes its ops and the head in one
 /// transaction, in seq order per user), so a page never has a hole even while
 /// pushes commit concurrently.
+///
+/// A `since` below the retention horizon is refused with
+/// [`LogError::ResyncRequired`]. The horizon is read again after the ops: a
+/// compaction that pruned ops this page needed while it was read has moved it
+/// in the same commit, so the page is refused rather than served with a hole.
 pub fn pull(
     conn: &mut DbConn,
     user: &UserId,
@@ -164,9 +198,13 @@ pub fn pull(
     limit: usize,
     max_bytes: usize,
 ) -> Result<PullResponse, LogError> {
-    let head = head(conn, user)?;
+    let state = user_state(conn, user.as_str())?;
+    let head = state.head;
     if since > head {
         return Err(LogError::SinceBeyondHead { since, head });
+    }
+    if since < state.horizon {
+        return Err(resync(&state));
     }
     let mut page = Vec::new();
     let mut bytes = 0usize;
@@ -195,13 +233,20 @@ pub fn pull(
             break;
         }
     }
-    Ok(PullResponse { ops: page, head, has_more: cursor < head })
+    // One primary-key read; per-entity compaction leaves legitimate gaps, so a gap
+    // in the page cannot tell whether something this page needed was pruned.
+    let after = user_state(conn, user.as_str())?;
+    if since < after.horizon {
+        return Err(resync(&after));
+    }
+    Ok(PullResponse { ops: page, head, has_more: cursor < head, snapshot_seq: state.snapshot_seq, snapshot_due: false })
 }
 
 /// The user's head and devices.
 pub fn status(conn: &mut DbConn, user: &UserId) -> Result<StatusResponse, LogError> {
-    let head = head(conn, user)?;
-    let devices = devices::table
+    let state = user_state(conn, user.as_str())?;
+    let head = state.head;
+    let devices: Vec<DeviceStatus> = devices::table
         .filter(devices::user_id.eq(user.as_str()))
         .order(devices::id.asc())
         .select((devices::id, devices::ack_seq, devices::last_seen, devices::created_at))
@@ -209,7 +254,23 @@ pub fn status(conn: &mut DbConn, user: &UserId) -> Result<StatusResponse, LogErr
         .into_iter()
         .map(|(id, ack_seq, last_seen, created_at)| DeviceStatus { id, ack_seq, last_seen, created_at })
         .collect();
-    Ok(StatusResponse { user: user.to_string(), head, devices, server_time: super::now_ms() })
+    let stale_devices = devices.iter().filter(|d| d.ack_seq < state.horizon).map(|d| d.id.clone()).collect();
+    let snapshot = super::snapshot::latest_info(conn, user.as_str(), None)?;
+    let tombstones = entities::table
+        .filter(entities::user_id.eq(user.as_str()))
+        .filter(entities::deleted_at.is_not_null())
+        .count()
+        .get_result(conn)?;
+    Ok(StatusResponse {
+        user: user.to_string(),
+        head,
+        devices,
+        server_time: super::now_ms(),
+        horizon: state.horizon,
+        snapshot,
+        stale_devices,
+        tombstones,
+    })
 }
 
 /// Whether there is any user yet (a fresh deployment has none).
@@ -220,4 +281,41 @@ pub fn has_users(conn: &mut DbConn) -> QueryResult<bool> {
 /// A trivial round trip.
 pub fn ping(conn: &mut DbConn) -> QueryResult<()> {
     diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1")).get_result::<i32>(conn).map(drop)
+}
+
+/// Runs `f` in a write transaction of its own on a connection outside the
+/// writer (snapshot uploads, compaction, imports): committed if `f` succeeds,
+/// rolled back otherwise.
+pub(crate) fn in_write_transaction<T>(
+    conn: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> Result<T, LogError>,
+) -> Result<T, LogError> {
+    dialect::begin_write(conn)?;
+    match f(conn) {
+        Ok(value) => {
+            dialect::commit(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            if let Err(rollback) = dialect::rollback(conn) {
+                tracing::debug!(error = %rollback, "rollback failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Removes everything of a user (ops, snapshots, devices, entities and
+/// tombstones, the user's row) inside the caller's write transaction, after
+/// taking the user's lock like every write.
+pub fn apply_delete_user(conn: &mut DbConn, user: &UserId, now: i64) -> QueryResult<AccountDeleted> {
+    use crate::db::schema::snapshots;
+    let user = user.as_str();
+    dialect::lock_user(conn, user, now)?;
+    let ops = diesel::delete(ops::table.filter(ops::user_id.eq(user))).execute(conn)? as i64;
+    let snapshots = diesel::delete(snapshots::table.filter(snapshots::user_id.eq(user))).execute(conn)? as i64;
+    let devices = diesel::delete(devices::table.filter(devices::user_id.eq(user))).execute(conn)? as i64;
+    let entities = diesel::delete(entities::table.filter(entities::user_id.eq(user))).execute(conn)? as i64;
+    diesel::delete(users::table.find(user)).execute(conn)?;
+    Ok(AccountDeleted { user: user.to_owned(), ops, snapshots, devices, entities })
 }

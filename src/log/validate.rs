@@ -19,6 +19,8 @@ pub struct Limits {
     pub max_page_ops: usize,
     /// Payload bytes in one pull page (a page always holds at least one op).
     pub max_page_bytes: usize,
+    /// Bytes of one snapshot.
+    pub max_snapshot_bytes: usize,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
             max_body_bytes: 8 * 1024 * 1024,
             max_page_ops: 10_000,
             max_page_bytes: 4 * 1024 * 1024,
+            max_snapshot_bytes: 64 * 1024 * 1024,
         }
     }
 }

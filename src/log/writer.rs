@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use super::{CommitSink, Committed, LogError, Push, now_ms, now_us, store};
 use crate::db::{self, DbConn, DbError, DbUrl, dialect};
 use crate::ids::{DeviceId, Seq, UserId};
-use crate::protocol::{AckResponse, Op, OpStatus, PushResponse};
+use crate::protocol::{AccountDeleted, AckResponse, Op, OpStatus, PushResponse};
 
 /// The most commands merged into one transaction.
 const MAX_BATCH_COMMANDS: usize = 512;
@@ -60,6 +60,13 @@ pub(crate) enum Command {
         /// Where the answer goes.
         reply: Reply<AckResponse>,
     },
+    /// Remove everything of a user (account deletion), in order with its pushes.
+    DeleteUser {
+        /// Whose.
+        user: UserId,
+        /// Where the answer goes.
+        reply: Reply<AccountDeleted>,
+    },
     /// Stop one writer thread.
     Shutdown,
 }
@@ -68,7 +75,7 @@ impl Command {
     fn user(&self) -> Option<&UserId> {
         match self {
             Command::Push(push, _) => Some(&push.user),
-            Command::Ack { user, .. } => Some(user),
+            Command::Ack { user, .. } | Command::DeleteUser { user, .. } => Some(user),
             Command::Shutdown => None,
         }
     }
@@ -85,6 +92,7 @@ impl Command {
         Ok(match self {
             Command::Push(push, _) => Outcome::Push(store::apply_push(conn, push, now)?.map_err(LogError::from)),
             Command::Ack { user, device, seq, .. } => Outcome::Ack(store::apply_ack(conn, user, device, *seq, now)?),
+            Command::DeleteUser { user, .. } => Outcome::DeleteUser(store::apply_delete_user(conn, user, now)?),
             Command::Shutdown => Outcome::None,
         })
     }
@@ -92,6 +100,12 @@ impl Command {
     /// Answers a committed command and, for a push that stored ops someone on this
     /// node listens to, returns them for live delivery (moved, not copied).
     fn finish(self, outcome: Outcome, now: i64, sink: &dyn CommitSink) -> Option<Committed> {
+        if let Command::DeleteUser { user, .. } = &self {
+            let user = user.clone();
+            self.answer(Ok(outcome));
+            sink.user_deleted(&user);
+            return None;
+        }
         let Command::Push(push, reply) = self else {
             self.answer(Ok(outcome));
             return None;
@@ -137,11 +151,13 @@ impl Command {
         match (self, outcome) {
             (Command::Push(_, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
             (Command::Ack { reply, .. }, Ok(Outcome::Ack(r))) => drop(reply.send(r)),
+            (Command::DeleteUser { reply, .. }, Ok(Outcome::DeleteUser(r))) => drop(reply.send(Ok(r))),
             (Command::Shutdown, _) => {}
             // `apply` pairs each command with its own outcome; this arm is a guard.
             (command, Ok(_)) => command.answer(Err(LogError::Corrupt("mismatched outcome".into()))),
             (Command::Push(_, reply), Err(e)) => drop(reply.send(Err(e))),
             (Command::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+            (Command::DeleteUser { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         }
     }
 }
@@ -149,6 +165,7 @@ impl Command {
 enum Outcome {
     Push(Result<PushResponse, LogError>),
     Ack(Result<AckResponse, LogError>),
+    DeleteUser(AccountDeleted),
     None,
 }
 
@@ -377,8 +394,16 @@ fn process(
 fn transaction(conn: &mut DbConn, batch: &[Command], now: i64, node: &str) -> Result<Vec<Outcome>, DieselError> {
     dialect::begin_write(conn)?;
     let applied: Result<Vec<Outcome>, DieselError> = batch.iter().map(|c| c.apply(conn, now)).collect();
-    let notified = applied
-        .and_then(|outcomes| dialect::notify_commits(conn, node, &stored_ranges(batch, &outcomes)).map(|()| outcomes));
+    let notified = applied.and_then(|outcomes| {
+        let deleted: Vec<&str> = batch
+            .iter()
+            .filter_map(|c| match c {
+                Command::DeleteUser { user, .. } => Some(user.as_str()),
+                _ => None,
+            })
+            .collect();
+        dialect::notify_commits(conn, node, &stored_ranges(batch, &outcomes), &deleted).map(|()| outcomes)
+    });
     match notified.and_then(|outcomes| dialect::commit(conn).map(|()| outcomes)) {
         Ok(outcomes) => Ok(outcomes),
         Err(e) => {

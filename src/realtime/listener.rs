@@ -86,8 +86,19 @@ fn listen(conn: &mut PgConnection, realtime: &Realtime) -> QueryResult<()> {
     Ok(())
 }
 
-/// `NODE FROM TO USER`, from another node: hand it to the user's hub, if any.
+/// `NODE FROM TO USER` or `NODE del USER`, from another node (or the CLI): hand it
+/// to the user's hub, if any.
 fn relay(payload: &str, realtime: &Realtime) {
+    if let Some((node, user)) = payload.split_once(" del ") {
+        match UserId::new(user) {
+            Ok(user) if node != crate::log::CommitSink::node_id(realtime) => {
+                realtime.close_user(&user, super::ACCOUNT_DELETED);
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!(payload, "malformed deletion notification"),
+        }
+        return;
+    }
     let mut parts = payload.splitn(4, ' ');
     let (Some(node), Some(from), Some(to), Some(user)) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {

@@ -272,7 +272,14 @@ impl CommitSink for Realtime {
     fn node_id(&self) -> &str {
         &self.inner.node
     }
+
+    fn user_deleted(&self, user: &UserId) {
+        self.close_user(user, ACCOUNT_DELETED);
+    }
 }
+
+/// Sessions of a deleted account are closed with this.
+pub const ACCOUNT_DELETED: CloseOrder = CloseOrder { code: 4010, reason: "account_deleted" };
 
 /// A session's place in its user's hub; leaves on drop.
 #[derive(Debug)]

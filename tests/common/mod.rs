@@ -143,6 +143,12 @@ impl TestServer {
         Some(Self::on(storage, auth::generate_root(), limits))
     }
 
+    /// Starts a server whose configuration `tweak` adjusts (retention settings…).
+    pub async fn start_tweaked(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Self> {
+        let storage = Storage::new(backend)?;
+        Some(Self::on_with(storage, auth::generate_root(), tweak))
+    }
+
     /// Starts a server on existing storage with an existing root key.
     pub fn on(storage: Storage, root: KeyPair, limits: Limits) -> Self {
         Self::on_configured(storage, root, |config| config.limits = limits)
@@ -165,6 +171,11 @@ impl TestServer {
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Self { base, root, _writers: StopWriters(state.clone()), state, config, handle, storage }
+    }
+
+    /// [`TestServer::on`] with a configuration `tweak`.
+    pub fn on_with(storage: Storage, root: KeyPair, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::on_configured(storage, root, tweak)
     }
 
     /// Stops the server (as a clean shutdown would) and starts a new one on the
