@@ -253,6 +253,38 @@ async fn account_deletion_removes_everything(s: TestServer) {
     assert_eq!(alice.push(&push_of(vec![op(b"new life")])).await.unwrap().head, 1);
 }
 
+/// The server's own periodic compaction (started by `app::run`) prunes on its own.
+async fn the_server_compacts_periodically(backend: Backend) {
+    let Some(s) = TestServer::start_tweaked(backend, |config| {
+        config.retention.retention = Duration::ZERO;
+        config.retention.compact_interval = Duration::from_millis(100);
+    })
+    .await
+    else {
+        return;
+    };
+    let c = s.client("alice");
+    push_plain(&c, 10).await;
+    c.put_snapshot(8, b"state at 8".to_vec()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.status().await.unwrap().horizon != 8 {
+        assert!(std::time::Instant::now() < deadline, "no compaction within 10 s");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.stored_ops("alice").await, 2);
+    assert_eq!(c.pull(0, None).await.unwrap_err().code(), Some("resync_required"));
+}
+
+#[actix_web::test]
+async fn sqlite_the_server_compacts_periodically() {
+    the_server_compacts_periodically(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn postgres_the_server_compacts_periodically() {
+    the_server_compacts_periodically(Backend::Postgres).await;
+}
+
 // ---- The property test ------------------------------------------------------
 
 #[derive(Debug, Clone)]

@@ -81,6 +81,17 @@ async fn upload_then_download_with_etag(s: TestServer) {
     assert_eq!(res.headers().get("etag").unwrap().to_str().unwrap(), etag);
     assert_eq!(res.body().await.unwrap().to_vec(), data);
 
+    // HEAD: the headers, no body.
+    let mut res = awc::Client::default()
+        .head(s.url("/v1/snapshot"))
+        .insert_header(("Authorization", format!("Bearer {}", s.token("alice"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(res.headers().get("x-opsync-snapshot-seq").unwrap(), "3");
+    assert!(res.body().await.unwrap().is_empty());
+
     // If-None-Match: 304 without a body; another tag: the snapshot.
     let mut res = get(&s, "alice", "").insert_header(("If-None-Match", etag.as_str())).send().await.unwrap();
     assert_eq!(res.status().as_u16(), 304);

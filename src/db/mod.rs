@@ -214,6 +214,15 @@ pub fn migrate(conn: &mut DbConn) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Refreshes the planner's statistics (the same statement on both backends).
+/// Postgres plans a pull over a freshly filled table without them as a scan of
+/// the whole remaining range plus a sort (13 ms instead of 0.1 ms per page
+/// chunk at 100,000 ops), so bulk loads (import, copy) end with it.
+pub fn analyze(conn: &mut DbConn) -> Result<(), DbError> {
+    conn.batch_execute("ANALYZE")?;
+    Ok(())
+}
+
 /// The SQLite busy timeout, for [`dialect`].
 pub(crate) const fn sqlite_busy_timeout_ms() -> u32 {
     SQLITE_BUSY_TIMEOUT_MS

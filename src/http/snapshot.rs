@@ -14,6 +14,7 @@ use super::method_not_allowed;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::Seq;
+use crate::log::LogError;
 use crate::log::snapshot::{DEFAULT_CONTENT_TYPE, MAX_CONTENT_TYPE_BYTES};
 use crate::protocol::SnapshotInfo;
 
@@ -66,6 +67,23 @@ async fn put(
             ));
         }
     }
+    // Fail fast on a seq that cannot be stored, before reading a large body (the
+    // transaction checks again: the head or horizon may move meanwhile).
+    let user = auth.principal.user;
+    let checked = user.clone();
+    let (head, horizon) = state
+        .log
+        .with_conn(move |conn| {
+            let s = crate::log::store::user_state(conn, checked.as_str())?;
+            Ok((s.head, s.horizon))
+        })
+        .await?;
+    if seq > head {
+        return Err(LogError::SeqBeyondHead { seq, head }.into());
+    }
+    if seq < horizon {
+        return Err(LogError::SnapshotBelowHorizon { seq, horizon }.into());
+    }
     let limit = state.log.limits().max_snapshot_bytes;
     let too_large = || ApiError::new(ErrorCode::SnapshotTooLarge, format!("the snapshot is larger than {limit} bytes"));
     let declared =
@@ -85,10 +103,7 @@ async fn put(
         }
         data.extend_from_slice(&chunk);
     }
-    let info = state
-        .log
-        .put_snapshot(auth.principal.user, seq, content_type, data.freeze(), query.into_inner().sha256)
-        .await?;
+    let info = state.log.put_snapshot(user, seq, content_type, data.freeze(), query.into_inner().sha256).await?;
     let mut response = body::respond(Format::for_response(req.headers(), None), StatusCode::CREATED, &info)?;
     set_headers(response.headers_mut(), &info);
     Ok(response)

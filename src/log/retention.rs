@@ -267,13 +267,30 @@ pub fn compact_all(conn: &mut DbConn, policy: &Retention, now: i64) -> Result<Op
     if !dialect::try_compaction_lock(conn)? {
         return Ok(None);
     }
-    let result = users(conn).map_err(LogError::from).and_then(|users| {
-        users.iter().map(|user| compact_user(conn, user, policy, now)).collect::<Result<Vec<_>, _>>()
-    });
-    let released = dialect::release_compaction_lock(conn);
-    let done = result?;
-    released?;
+    let mut held = Held(conn);
+    let users = users(held.0)?;
+    let done = users.iter().map(|user| compact_user(held.0, user, policy, now)).collect::<Result<Vec<_>, _>>()?;
+    held.release()?;
     Ok(Some(done))
+}
+
+/// Holds the compaction lock; releases it when dropped (an error or a panic
+/// must not leave a pooled Postgres session holding it for good).
+struct Held<'c>(&'c mut DbConn);
+
+impl Held<'_> {
+    fn release(&mut self) -> QueryResult<()> {
+        dialect::release_compaction_lock(self.0)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // A second unlock after `release` only returns false on Postgres.
+        if let Err(e) = self.release() {
+            tracing::warn!(error = %e, "cannot release the compaction lock");
+        }
+    }
 }
 
 /// The server's background compaction: every `compact_interval` (never if zero),

@@ -677,7 +677,9 @@ pub fn import(conn: &mut DbConn, input: impl BufRead) -> Result<Vec<(String, Dig
             .map_err(|e| TransferError::BadFile { line: n as u64 + 1, reason: e.to_string() })?;
         importer.record(record)?;
     }
-    importer.finish()
+    let imported = importer.finish()?;
+    crate::db::analyze(conn)?;
+    Ok(imported)
 }
 
 /// What `opsync copy` did.
@@ -715,6 +717,7 @@ pub fn copy(from: &DbUrl, to: &DbUrl) -> Result<CopyReport, TransferError> {
     }
     importer.record(Record::End { users: users.len() as u64 })?;
     importer.finish()?;
+    crate::db::analyze(&mut dest)?;
     // The verification pass: both sides read afresh.
     let mut report = CopyReport { users: Vec::new(), revoked: revoked.len() };
     for user in &users {
