@@ -26,7 +26,7 @@ pub enum ClientError {
         /// HTTP status.
         status: u16,
         /// The error body.
-        body: ErrorBody,
+        body: Box<ErrorBody>,
     },
     /// The request did not get an answer.
     #[error("transport: {0}")]
@@ -210,7 +210,7 @@ impl Client {
 /// The error an unsuccessful answer carries.
 fn error_of(status: u16, bytes: &[u8]) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(body) => ClientError::Api { status, body },
+        Ok(body) => ClientError::Api { status, body: Box::new(body) },
         Err(e) => ClientError::Decode(format!("{status} with an unreadable error body: {e}")),
     }
 }

@@ -69,7 +69,7 @@ pub async fn open_with(base: &str, token: Option<&str>, origin: Option<&str>) ->
     match request.connect().await {
         Ok((_, io)) => Ok(WsConn { io }),
         Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
-            Err(ClientError::Api { status: status.as_u16(), body: rejected(status) })
+            Err(ClientError::Api { status: status.as_u16(), body: Box::new(rejected(status)) })
         }
         Err(e) => Err(ClientError::Transport(e.to_string())),
     }
