@@ -196,14 +196,7 @@ impl Client {
             }
             None => builder.send().await,
         };
-        let mut response = sent.map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        let bytes =
-            response.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| ClientError::Transport(e.to_string()))?;
-        if !status.is_success() {
-            return Err(error_of(status.as_u16(), &bytes));
-        }
-        body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.answer(sent).await
     }
 }
 

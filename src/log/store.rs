@@ -18,10 +18,10 @@ use crate::protocol::{
 /// Rows per SELECT when paging, so a page's memory stays bounded by its byte budget.
 const READ_CHUNK: i64 = 256;
 
-/// An op row as pulls read it.
+/// An op row as pulls and exports read it.
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = ops)]
-struct OpRow {
+pub(crate) struct OpRow {
     seq: i64,
     op_id: Vec<u8>,
     device: Option<String>,

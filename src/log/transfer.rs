@@ -13,12 +13,12 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::LogError;
 use super::snapshot::sha256_hex;
+use super::{LogError, store};
 use crate::db::dialect::{self, OpInsert, SnapshotInsert};
 use crate::db::schema::{devices, entities, ops, revoked_tokens, users};
 use crate::db::{DbConn, DbError, DbUrl};
-use crate::ids::{OpId, Seq};
+use crate::ids::Seq;
 use crate::protocol::{Op, Payload};
 
 /// The `format` of the header record.
@@ -270,20 +270,6 @@ impl Digester {
     }
 }
 
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = ops)]
-struct OpRow {
-    seq: i64,
-    op_id: Vec<u8>,
-    device: Option<String>,
-    entity: Option<String>,
-    kind: Option<String>,
-    base: Option<i64>,
-    client_ts: Option<i64>,
-    received_at: i64,
-    payload: Vec<u8>,
-}
-
 /// Reads one user's records from `conn`, in export order, handing each to `sink`
 /// (snapshot bytes only with `with_snapshot_data`; the digest never needs them).
 /// Runs in the caller's transaction; returns the user's digest.
@@ -307,29 +293,21 @@ fn read_user(
     emit(Record::User { user: user.to_owned(), head, horizon, snapshot_seq, created_at })?;
     let mut cursor = -1;
     loop {
-        let rows: Vec<OpRow> = ops::table
+        let rows: Vec<store::OpRow> = ops::table
             .filter(ops::user_id.eq(user))
             .filter(ops::seq.gt(cursor))
             .order(ops::seq.asc())
             .limit(CHUNK)
-            .select(OpRow::as_select())
+            .select(store::OpRow::as_select())
             .load(conn)?;
         let done = (rows.len() as i64) < CHUNK;
         for row in rows {
-            cursor = row.seq;
-            let id = OpId::from_slice(&row.op_id)
-                .map_err(|e| LogError::Corrupt(format!("user {user}, op at seq {}: {e}", row.seq)))?;
-            emit(Record::Op(Op {
-                seq: row.seq,
-                id,
-                device: row.device,
-                entity: row.entity,
-                kind: row.kind,
-                base: row.base,
-                ts: row.client_ts,
-                received_at: row.received_at,
-                payload: Payload(row.payload),
-            }))?;
+            let op = Op::try_from(row).map_err(|e| match e {
+                LogError::Corrupt(what) => LogError::Corrupt(format!("user {user}, {what}")),
+                other => other,
+            })?;
+            cursor = op.seq;
+            emit(Record::Op(op))?;
         }
         if done {
             break;
@@ -738,6 +716,7 @@ pub fn copy(from: &DbUrl, to: &DbUrl) -> Result<CopyReport, TransferError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::OpId;
 
     #[test]
     fn records_round_trip_as_json_lines() -> Result<(), serde_json::Error> {
