@@ -211,15 +211,22 @@ pub fn pull(
     let mut cursor = since;
     'read: while cursor < head && page.len() < limit {
         let want = READ_CHUNK.min((limit - page.len()) as i64);
-        let rows: Vec<OpRow> = ops::table
-            .filter(ops::user_id.eq(user.as_str()))
-            .filter(ops::seq.gt(cursor))
-            .filter(ops::seq.le(head))
-            .order(ops::seq.asc())
-            .limit(want)
-            .select(OpRow::as_select())
-            .load(conn)?;
-        let got = rows.len() as i64;
+        // A bounded seq window: the plan stays a short primary-key range scan even
+        // before Postgres has statistics (an open range `seq <= head` was planned as
+        // a bitmap scan plus a sort of the rest of the log: 13 ms instead of 0.1 ms
+        // per chunk on a freshly loaded table). Seqs are dense except where
+        // compaction removed ops.
+        let upper = head.min(cursor + want);
+        let mut rows = read_ops(conn, user, cursor, upper, want)?;
+        let windowed = !rows.is_empty();
+        if !windowed {
+            // A hole compaction left: jump it with one open-range read.
+            rows = read_ops(conn, user, cursor, head, want)?;
+            if rows.is_empty() {
+                cursor = head;
+                break;
+            }
+        }
         for row in rows {
             let op = Op::try_from(row)?;
             bytes += op.payload.0.len();
@@ -229,8 +236,9 @@ pub fn pull(
                 break 'read;
             }
         }
-        if got < want {
-            break;
+        if windowed {
+            // Nothing else is in this window.
+            cursor = cursor.max(upper);
         }
     }
     // One primary-key read; per-entity compaction leaves legitimate gaps, so a gap
@@ -240,6 +248,18 @@ pub fn pull(
         return Err(resync(&after));
     }
     Ok(PullResponse { ops: page, head, has_more: cursor < head, snapshot_seq: state.snapshot_seq, snapshot_due: false })
+}
+
+/// Ops with `after < seq <= upto`, in order, at most `limit`.
+fn read_ops(conn: &mut DbConn, user: &UserId, after: Seq, upto: Seq, limit: i64) -> QueryResult<Vec<OpRow>> {
+    ops::table
+        .filter(ops::user_id.eq(user.as_str()))
+        .filter(ops::seq.gt(after))
+        .filter(ops::seq.le(upto))
+        .order(ops::seq.asc())
+        .limit(limit)
+        .select(OpRow::as_select())
+        .load(conn)
 }
 
 /// The user's head and devices.
