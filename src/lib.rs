@@ -15,5 +15,6 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod log;
+pub mod metrics;
 pub mod protocol;
 pub mod realtime;

@@ -25,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/").get(index).default_service(web::to(method_not_allowed)))
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/metrics").get(metrics).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ops").post(push).get(pull).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ws").get(ws::connect).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ack").post(ack).default_service(web::to(method_not_allowed)))
@@ -207,6 +208,18 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.log.ready().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+}
+
+/// `GET /metrics`: counters and latency histograms in the Prometheus text format.
+/// Counts only, no user data; still, expose it to your monitoring network only.
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let snapshot = crate::metrics::Snapshot {
+        log: state.log.writer_stats(),
+        realtime: state.realtime.stats(),
+        pool: state.log.pool_state(),
+        write_queue: state.log.write_queue(),
+    };
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(snapshot.render())
 }
 
 /// `GET /`: the page in static/.

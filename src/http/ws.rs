@@ -397,6 +397,10 @@ impl Session {
         match &frame.bytes {
             Some(bytes) if next && !own && !blocked => {
                 self.send(bytes.clone()).await?;
+                if let Some(at) = frame.committed_us {
+                    let took = crate::log::now_us().saturating_sub(at).max(0) as u64;
+                    self.state.realtime.stats().fanout_latency.record_us(took);
+                }
                 self.delivered = frame.to;
                 self.flush_held().await
             }

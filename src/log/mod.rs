@@ -145,14 +145,30 @@ pub struct Push {
 pub struct PendingPush {
     pending: writer::Pending<PushResponse>,
     snapshot_every: Seq,
+    metrics: std::sync::Arc<crate::metrics::LogMetrics>,
 }
 
 impl PendingPush {
     /// Waits for the commit; the answer says whether a snapshot is due.
     pub async fn wait(self) -> Result<PushResponse, LogError> {
-        let mut response = self.pending.wait().await?;
+        let answer = self.pending.wait().await;
+        self.metrics.push(push_result(&answer));
+        let mut response = answer?;
         response.snapshot_due = response.head - response.snapshot_seq > self.snapshot_every;
         Ok(response)
+    }
+}
+
+/// How a push ended, for the metrics.
+fn push_result(answer: &Result<PushResponse, LogError>) -> crate::metrics::PushResult {
+    use crate::metrics::PushResult;
+    match answer {
+        Ok(r) if r.results.iter().any(|r| r.status == crate::protocol::OpStatus::Stored) => PushResult::Stored,
+        Ok(_) => PushResult::Duplicate,
+        Err(LogError::Rejected(_)) => PushResult::Rejected,
+        Err(LogError::Invalid(_)) => PushResult::Invalid,
+        Err(LogError::Unavailable(_)) => PushResult::Unavailable,
+        Err(_) => PushResult::Failed,
     }
 }
 
@@ -249,10 +265,20 @@ impl Log {
     /// caller starts one after the other are sequenced in that order (a WebSocket
     /// session pipelines its pushes this way).
     pub async fn start_push(&self, push: Push) -> Result<PendingPush, LogError> {
-        validate_head(push.expected_head, push.on_stale)?;
-        validate_push(&push.ops, &self.limits, now_ms())?;
-        let pending = self.writer.enqueue(|reply| Command::Push(push, reply)).await?;
-        Ok(PendingPush { pending, snapshot_every: self.retention.snapshot_every })
+        let metrics = self.writer.stats_handle();
+        let valid = validate_head(push.expected_head, push.on_stale)
+            .and_then(|()| validate_push(&push.ops, &self.limits, now_ms()));
+        if let Err(invalid) = valid {
+            metrics.push(crate::metrics::PushResult::Invalid);
+            return Err(invalid.into());
+        }
+        match self.writer.enqueue(|reply| Command::Push(push, reply)).await {
+            Ok(pending) => Ok(PendingPush { pending, snapshot_every: self.retention.snapshot_every, metrics }),
+            Err(e) => {
+                metrics.push(crate::metrics::PushResult::Unavailable);
+                Err(e)
+            }
+        }
     }
 
     /// Removes all of a user's ops, snapshots, devices and tombstones, in order
@@ -348,6 +374,17 @@ impl Log {
     /// How the writers have merged commands into transactions so far.
     pub fn writer_stats(&self) -> &writer::WriterStats {
         self.writer.stats()
+    }
+
+    /// The read pool's connections, and of those idle.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections)
+    }
+
+    /// Commands waiting for a writer.
+    pub fn write_queue(&self) -> usize {
+        self.writer.queued()
     }
 
     /// Finishes queued writes and stops the writer threads.

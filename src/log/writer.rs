@@ -20,7 +20,7 @@
 //! batch is rolled back and its commands are retried one by one, so only the
 //! faulty one fails.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -169,14 +169,9 @@ enum Outcome {
     None,
 }
 
-/// Counters of the writers' work: how well group commit merges.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    /// Transactions committed.
-    pub transactions: AtomicU64,
-    /// Commands answered from committed transactions.
-    pub commands: AtomicU64,
-}
+/// Counters of the writers' work (how well group commit merges, commit latency,
+/// ops stored); the log's metrics.
+pub type WriterStats = crate::metrics::LogMetrics;
 
 /// A queued command's answer, to wait for.
 #[derive(Debug)]
@@ -245,6 +240,16 @@ impl Writer {
     /// Where commits are announced.
     pub fn sink(&self) -> &Arc<dyn CommitSink> {
         &self.sink
+    }
+
+    /// The counters, shared.
+    pub(crate) fn stats_handle(&self) -> Arc<WriterStats> {
+        self.stats.clone()
+    }
+
+    /// Commands waiting in the queues.
+    pub fn queued(&self) -> usize {
+        self.lanes.iter().map(flume::Sender::len).sum()
     }
 
     /// Queues a command and waits for its answer.
@@ -358,6 +363,15 @@ fn process(
             tracing::trace!(commands = batch.len(), elapsed = ?started.elapsed(), "batch committed");
             stats.transactions.fetch_add(1, Ordering::Relaxed);
             stats.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            stats.commit_latency.record_us(started.elapsed().as_micros() as u64);
+            let stored: usize = outcomes
+                .iter()
+                .map(|o| match o {
+                    Outcome::Push(Ok(r)) => r.results.iter().filter(|r| r.status == OpStatus::Stored).count(),
+                    _ => 0,
+                })
+                .sum();
+            stats.ops_ingested.fetch_add(stored as u64, Ordering::Relaxed);
             let commits: Vec<Committed> = batch
                 .into_iter()
                 .zip(outcomes)

@@ -111,7 +111,8 @@ impl Hub {
                     return;
                 }
                 let bytes = encode(commit.ops, to.max(self.known), Some(commit.committed_us));
-                self.deliver(Frame { from, to, origin: commit.origin, bytes }, realtime);
+                let committed_us = Some(commit.committed_us);
+                self.deliver(Frame { from, to, origin: commit.origin, bytes, committed_us }, realtime);
             }
             HubMsg::Remote { from, to } => {
                 self.wake(to);
@@ -122,7 +123,7 @@ impl Hub {
                     Some(ops) => encode(ops, to.max(self.known), None),
                     None => None,
                 };
-                self.deliver(Frame { from, to, origin: None, bytes }, realtime);
+                self.deliver(Frame { from, to, origin: None, bytes, committed_us: None }, realtime);
             }
             HubMsg::Refresh => {
                 let pool = realtime.pool().clone();
@@ -142,7 +143,7 @@ impl Hub {
                     Some(head) if head > self.known => {
                         let from = self.known + 1;
                         self.known = head;
-                        self.deliver(Frame { from, to: head, origin: None, bytes: None }, realtime);
+                        self.deliver(Frame { from, to: head, origin: None, bytes: None, committed_us: None }, realtime);
                     }
                     Some(_) => {}
                     None => tracing::warn!(%user, "cannot read the head to refresh a hub"),

@@ -86,6 +86,8 @@ pub struct RealtimeStats {
     pub lagged: AtomicU64,
     /// Frames handed to outboxes.
     pub frames: AtomicU64,
+    /// From a commit to its frame being handed to a session's socket.
+    pub fanout_latency: crate::metrics::Histogram,
 }
 
 /// The node's live-delivery layer. Cheap to clone.

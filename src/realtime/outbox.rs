@@ -23,6 +23,8 @@ pub struct Frame {
     /// The encoded `ops` message, shared by every session; `None` when the hub did
     /// not read the ops (each session then reads what it misses from the database).
     pub bytes: Option<Bytes>,
+    /// When this node committed it, microseconds since the Unix epoch.
+    pub committed_us: Option<i64>,
 }
 
 impl Frame {
@@ -162,7 +164,7 @@ mod tests {
     use super::*;
 
     fn frame(seq: Seq, len: usize) -> Arc<Frame> {
-        Arc::new(Frame { from: seq, to: seq, origin: None, bytes: Some(Bytes::from(vec![0; len])) })
+        Arc::new(Frame { from: seq, to: seq, origin: None, bytes: Some(Bytes::from(vec![0; len])), committed_us: None })
     }
 
     #[tokio::test]
