@@ -78,6 +78,8 @@ pub enum ErrorCode {
     UnknownMessage,
     /// A WebSocket message that is not allowed now (a second `hello`, anything before `hello`).
     UnexpectedMessage,
+    /// The request body did not arrive in time (a stalled or too slow client).
+    RequestTimeout,
     /// No such route.
     NotFound,
     /// The route exists with other methods.
@@ -105,6 +107,7 @@ impl ErrorCode {
             InvalidToken | TokenExpired | TokenRevoked => StatusCode::UNAUTHORIZED,
             Forbidden | DeviceMismatch | OriginNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
+            RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,6 +151,7 @@ impl ErrorCode {
             UnknownMessage => "unknown_message",
             UnexpectedMessage => "unexpected_message",
             NotFound => "not_found",
+            RequestTimeout => "request_timeout",
             MethodNotAllowed => "method_not_allowed",
             Unavailable => "unavailable",
             Internal => "internal",

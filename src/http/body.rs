@@ -85,6 +85,24 @@ impl Format {
     }
 }
 
+/// The longest a client may pause while sending a body.
+pub const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a client may take to send a whole (op) body.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The next chunk of a request body; `408 request_timeout` if the client pauses
+/// longer than [`BODY_IDLE`] or has not finished by `deadline` (a slow body must
+/// not hold a worker's memory and a connection forever).
+pub async fn next_chunk(
+    payload: &mut web::Payload,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Result<Bytes, actix_web::error::PayloadError>>, ApiError> {
+    let until = deadline.min(tokio::time::Instant::now() + BODY_IDLE);
+    tokio::time::timeout_at(until, payload.next())
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::RequestTimeout, "the request body did not arrive in time"))
+}
+
 /// Reads a request body of at most `limit` bytes (after decompression).
 ///
 /// `Content-Encoding: gzip` bodies are inflated through a reader capped at
@@ -113,7 +131,8 @@ pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) ->
         return Err(too_large());
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
+    let deadline = tokio::time::Instant::now() + BODY_DEADLINE;
+    while let Some(chunk) = next_chunk(&mut payload, deadline).await? {
         let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::MalformedBody, format!("reading the body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());

@@ -5,7 +5,6 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::BytesMut;
-use futures_util::StreamExt as _;
 use serde::Deserialize;
 
 use super::auth::{Auth, Read, Write};
@@ -94,7 +93,8 @@ async fn put(
     // Streamed in, never more than the limit held; an interrupted upload fails
     // here, before anything reaches the database.
     let mut data = BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
-    while let Some(chunk) = payload.next().await {
+    let deadline = tokio::time::Instant::now() + SNAPSHOT_DEADLINE;
+    while let Some(chunk) = body::next_chunk(&mut payload, deadline).await? {
         let chunk = chunk.map_err(|e| {
             ApiError::new(ErrorCode::MalformedBody, format!("the upload was interrupted ({e}); nothing was stored"))
         })?;
@@ -108,6 +108,9 @@ async fn put(
     set_headers(response.headers_mut(), &info);
     Ok(response)
 }
+
+/// The longest a snapshot upload may take.
+const SNAPSHOT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The Content-Type to store: the request's, or `application/octet-stream`.
 fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
