@@ -732,13 +732,13 @@ async fn connections(plan: &Connections, root: &biscuit_auth::KeyPair) -> anyhow
          (its hard limit): raise it, e.g. `ulimit -Hn {needed}` as root, or lower --count",
         plan.count
     );
-    if let Some(server) = plan.target.server_pid.and_then(|pid| fd_limit(&pid.to_string())) {
-        if server < needed {
-            println!(
-                "  warning: the server may open only {server} files; it will refuse connections past that \
-                 (start it under `ulimit -n {needed}`)"
-            );
-        }
+    if let Some(server) = plan.target.server_pid.and_then(|pid| fd_limit(&pid.to_string()))
+        && server < needed
+    {
+        println!(
+            "  warning: the server may open only {server} files; it will refuse connections past that \
+             (start it under `ulimit -n {needed}`)"
+        );
     }
     let users = plan.users.unwrap_or(plan.count).clamp(1, plan.count.max(1));
     let tokens = bench_users(root, users)?;
