@@ -88,6 +88,15 @@ impl Client {
         self.send::<(), _>(awc::http::Method::GET, &path, None).await
     }
 
+    /// Pulls one page after `since`, and the size of its body on the wire (for
+    /// throughput figures).
+    pub async fn pull_sized(&self, since: Seq, limit: usize) -> Result<(PullResponse, usize), ClientError> {
+        let path = format!("/v1/ops?since={since}&limit={limit}");
+        let bytes = self.fetch::<()>(awc::http::Method::GET, &path, None).await?;
+        let page = body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok((page, bytes.len()))
+    }
+
     /// Long-polls: one page after `since`, held up to `wait` seconds for a commit.
     pub async fn pull_wait(&self, since: Seq, wait: u64) -> Result<PullResponse, ClientError> {
         self.send::<(), _>(awc::http::Method::GET, &format!("/v1/ops?since={since}&wait={wait}"), None).await
@@ -168,6 +177,20 @@ impl Client {
             awc::error::SendRequestError,
         >,
     ) -> Result<T, ClientError> {
+        let bytes = self.body_of(sent).await?;
+        body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The body of a successful answer, or the error it carries.
+    async fn body_of(
+        &self,
+        sent: Result<
+            awc::ClientResponse<
+                impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+            >,
+            awc::error::SendRequestError,
+        >,
+    ) -> Result<bytes::Bytes, ClientError> {
         let mut response = sent.map_err(|e| ClientError::Transport(e.to_string()))?;
         let status = response.status();
         let bytes =
@@ -175,7 +198,7 @@ impl Client {
         if !status.is_success() {
             return Err(error_of(status.as_u16(), &bytes));
         }
-        body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        Ok(bytes)
     }
 
     async fn send<B: Serialize, T: DeserializeOwned>(
@@ -184,6 +207,17 @@ impl Client {
         path: &str,
         request: Option<&B>,
     ) -> Result<T, ClientError> {
+        let bytes = self.fetch(method, path, request).await?;
+        body::decode(self.format, &bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Sends a request and returns the answer's body undecoded.
+    async fn fetch<B: Serialize>(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        request: Option<&B>,
+    ) -> Result<bytes::Bytes, ClientError> {
         let builder = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -196,7 +230,7 @@ impl Client {
             }
             None => builder.send().await,
         };
-        self.answer(sent).await
+        self.body_of(sent).await
     }
 }
 
