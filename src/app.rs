@@ -18,7 +18,8 @@ use crate::log::writer::Writer;
 use crate::log::{Log, store};
 use crate::realtime::Realtime;
 
-/// How long a request waits for a pooled connection before it gets a 503.
+/// How long r2d2's own `get` waits for a pooled connection (requests go through
+/// `Log::with_conn`, which waits up to 10 s and then answers 503).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Commands the write queue holds before pushes wait for room.
 const WRITE_QUEUE: usize = 4096;
