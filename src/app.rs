@@ -94,6 +94,9 @@ pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) ->
             .default_service(web::to(crate::http::not_found))
     })
     .workers(workers)
+    // Small frames (a `pushed` right after an `ops`) must not wait for the
+    // client's delayed ACK: Nagle's algorithm added ~20 ms to them.
+    .tcp_nodelay(true)
     // The caller stops the server (`opsync serve` on SIGINT/SIGTERM, after closing
     // the WebSockets; tests through the handle).
     .disable_signals()
