@@ -293,7 +293,7 @@ impl From<crate::log::LogError> for ApiError {
             LogError::ChecksumMismatch { .. } => ApiError::new(ErrorCode::ChecksumMismatch, e.to_string()),
             LogError::NoSnapshot => ApiError::new(ErrorCode::NoSnapshot, e.to_string()),
             LogError::Unavailable(cause) => ApiError::unavailable(cause),
-            LogError::Db(_) | LogError::Corrupt(_) | LogError::Answered(_) => ApiError::internal(e),
+            LogError::Db(_) | LogError::Corrupt(_) => ApiError::internal(e),
         }
     }
 }

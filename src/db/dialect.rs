@@ -251,6 +251,12 @@ pub(crate) fn insert_ops(conn: &mut DbConn, rows: &[OpInsert<'_>]) -> QueryResul
 /// The Postgres channel commits are announced on, for the other nodes.
 pub const NOTIFY_CHANNEL: &str = "opsync_commits";
 
+/// Whether commits must be announced to other nodes: on Postgres (several nodes
+/// may share it), not on SQLite (one node).
+pub(crate) fn announces_commits(conn: &DbConn) -> bool {
+    matches!(conn, DbConn::Pg(_))
+}
+
 /// Announces committed seq ranges and deleted users to the other nodes (Postgres
 /// only; SQLite has one node). Runs inside the write transaction: Postgres delivers
 /// the notifications at COMMIT, in commit order, and drops them on rollback. Each

@@ -144,7 +144,13 @@ enum Incoming {
     Control,
 }
 
-type PushResult = (u64, Result<PushResponse, LogError>);
+/// What a push came to: its commit (or failure), or a refusal before it was queued.
+enum Answer {
+    Committed(Result<PushResponse, LogError>),
+    Refused(ApiError),
+}
+
+type PushResult = (u64, Answer);
 
 /// A push's answer waiting for the ops before it (`range`) and for the answers
 /// before it to be sent.
@@ -330,7 +336,7 @@ impl Session {
                 // that order too.
                 match self.state.log.start_push(push).await {
                     Ok(commit) => {
-                        self.in_flight.push_back(Box::pin(async move { (id, commit.wait().await) }));
+                        self.in_flight.push_back(Box::pin(async move { (id, Answer::Committed(commit.wait().await)) }));
                         Ok(())
                     }
                     Err(e) => self.answer_now(id, ApiError::from(e)).await,
@@ -339,31 +345,23 @@ impl Session {
         }
     }
 
-    /// Answers a push that failed before it was queued, after the answers to the
-    /// pushes before it: answers keep the order of the requests.
+    /// Answers a push refused before it was queued, after the answers to the pushes
+    /// before it: answers keep the order of the requests.
     async fn answer_now(&mut self, id: u64, e: ApiError) -> Flow {
-        let bytes = encode(&ServerMsg::error(Some(id), e.body().clone()))?;
-        if self.in_flight.is_empty() && self.held.is_empty() {
-            return self.send(bytes).await;
-        }
-        if self.in_flight.is_empty() {
-            self.held.push_back(Held { range: None, bytes });
-            return self.flush_held().await;
-        }
-        self.in_flight.push_back(Box::pin(std::future::ready((id, Err(LogError::Answered(bytes))))));
+        self.in_flight.push_back(Box::pin(std::future::ready((id, Answer::Refused(e)))));
         Ok(())
     }
 
     /// A push committed (or failed): answer it, in order with the ops around it.
     async fn on_pushed(&mut self, (id, result): PushResult) -> Flow {
         let (range, bytes) = match result {
-            Ok(response) => {
+            Answer::Committed(Ok(response)) => {
                 let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
                 let range = stored.clone().min().zip(stored.max());
                 (range, encode(&ServerMsg::Pushed { id, results: response.results, head: response.head })?)
             }
-            Err(LogError::Answered(bytes)) => (None, bytes),
-            Err(e) => (None, encode(&ServerMsg::error(Some(id), ApiError::from(e).body().clone()))?),
+            Answer::Committed(Err(e)) => (None, encode(&ServerMsg::error(Some(id), ApiError::from(e).body().clone()))?),
+            Answer::Refused(e) => (None, encode(&ServerMsg::error(Some(id), e.body().clone()))?),
         };
         self.held.push_back(Held { range, bytes });
         self.flush_held().await

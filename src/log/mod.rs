@@ -100,10 +100,6 @@ pub enum LogError {
     /// Stored data could not be read back (corruption).
     #[error("corrupt row: {0}")]
     Corrupt(String),
-    /// Already turned into an encoded answer (a WebSocket session keeps answers in
-    /// request order this way).
-    #[error("answered")]
-    Answered(bytes::Bytes),
 }
 
 impl From<diesel::result::Error> for LogError {

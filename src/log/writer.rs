@@ -196,7 +196,6 @@ impl<T> Pending<T> {
 #[derive(Clone)]
 pub struct Writer {
     lanes: Arc<[flume::Sender<Command>]>,
-    sink: Arc<dyn CommitSink>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     stats: Arc<WriterStats>,
 }
@@ -222,7 +221,7 @@ impl Writer {
                 .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
             handles.push(handle);
         }
-        Ok(Self { lanes: lanes.into(), sink, threads: Arc::new(Mutex::new(handles)), stats })
+        Ok(Self { lanes: lanes.into(), threads: Arc::new(Mutex::new(handles)), stats })
     }
 
     /// The writer a user's commands go to.
@@ -235,11 +234,6 @@ impl Writer {
     /// What the writers have done so far.
     pub fn stats(&self) -> &WriterStats {
         &self.stats
-    }
-
-    /// Where commits are announced.
-    pub fn sink(&self) -> &Arc<dyn CommitSink> {
-        &self.sink
     }
 
     /// The counters, shared.
@@ -409,14 +403,18 @@ fn transaction(conn: &mut DbConn, batch: &[Command], now: i64, node: &str) -> Re
     dialect::begin_write(conn)?;
     let applied: Result<Vec<Outcome>, DieselError> = batch.iter().map(|c| c.apply(conn, now)).collect();
     let notified = applied.and_then(|outcomes| {
-        let deleted: Vec<&str> = batch
-            .iter()
-            .filter_map(|c| match c {
-                Command::DeleteUser { user, .. } => Some(user.as_str()),
-                _ => None,
-            })
-            .collect();
-        dialect::notify_commits(conn, node, &stored_ranges(batch, &outcomes), &deleted).map(|()| outcomes)
+        // Only Postgres has other nodes to tell; SQLite skips building the lists.
+        if dialect::announces_commits(conn) {
+            let deleted: Vec<&str> = batch
+                .iter()
+                .filter_map(|c| match c {
+                    Command::DeleteUser { user, .. } => Some(user.as_str()),
+                    _ => None,
+                })
+                .collect();
+            dialect::notify_commits(conn, node, &stored_ranges(batch, &outcomes), &deleted)?;
+        }
+        Ok(outcomes)
     });
     match notified.and_then(|outcomes| dialect::commit(conn).map(|()| outcomes)) {
         Ok(outcomes) => Ok(outcomes),
