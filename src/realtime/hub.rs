@@ -135,18 +135,18 @@ impl Hub {
                 .await
                 .ok()
                 .flatten();
-                // Wake waiters either way: they re-read the database, which is the truth.
-                for (_, waiter) in self.waiters.drain() {
-                    let _ = waiter.send(());
-                }
                 match head {
                     Some(head) if head > self.known => {
                         let from = self.known + 1;
-                        self.known = head;
+                        self.wake(head);
                         self.deliver(Frame { from, to: head, origin: None, bytes: None, committed_us: None }, realtime);
                     }
                     Some(_) => {}
-                    None => tracing::warn!(%user, "cannot read the head to refresh a hub"),
+                    None => {
+                        // Cannot tell: let the waiters re-read the database themselves.
+                        tracing::warn!(%user, "cannot read the head to refresh a hub");
+                        self.wake(self.known);
+                    }
                 }
             }
             HubMsg::Close(order) => {
