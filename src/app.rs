@@ -54,13 +54,16 @@ impl AppState {
         let revoked = RevocationList::default();
         revoked.reload(&mut conn).map_err(DbError::from)?;
         drop(conn);
-        let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT)?;
+        let health = db::Health::default();
+        let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT, &health)?;
         let realtime = Realtime::new(pool.clone(), config.realtime.clone());
         let writer = Writer::start(&config.db, config.writers, WRITE_QUEUE, Arc::new(realtime.clone()))?;
         if config.db.backend() == Backend::Postgres {
             realtime.start_listener(&config.db)?;
         }
-        let log = Log::new(writer, pool, config.limits.clone()).with_retention(config.retention.clone());
+        let log = Log::new(writer, pool, config.limits.clone())
+            .with_health(health)
+            .with_retention(config.retention.clone());
         Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
     }
 

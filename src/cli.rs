@@ -189,7 +189,7 @@ fn delete_user(config: &Config, user: UserId) -> anyhow::Result<()> {
     let mut conn = db::connect(&config.db)?;
     db::migrate(&mut conn)?;
     drop(conn);
-    let pool = db::pool(&config.db, 1, Duration::from_secs(10))?;
+    let pool = db::pool(&config.db, 1, Duration::from_secs(10), &db::Health::default())?;
     let writer = Writer::start(&config.db, 1, 16, std::sync::Arc::new(crate::log::NoSink))?;
     let log = Log::new(writer, pool, config.limits.clone());
     let result = actix_web::rt::System::new().block_on(log.delete_user(user));
