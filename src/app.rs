@@ -61,9 +61,8 @@ impl AppState {
         if config.db.backend() == Backend::Postgres {
             realtime.start_listener(&config.db)?;
         }
-        let log = Log::new(writer, pool, config.limits.clone())
-            .with_health(health)
-            .with_retention(config.retention.clone());
+        let log =
+            Log::new(writer, pool, config.limits.clone()).with_health(health).with_retention(config.retention.clone());
         Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
     }
 
@@ -79,9 +78,28 @@ impl AppState {
     }
 }
 
-/// Starts serving on `listener`. Call inside an actix (or tokio) runtime; await
-/// the returned server, or stop it with its handle.
+/// Starts serving plain HTTP on `listener`. Call inside an actix (or tokio)
+/// runtime; await the returned server, or stop it with its handle.
 pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) -> Result<Server, StartError> {
+    serve(listener, state, workers, None)
+}
+
+/// Like [`run`], serving HTTPS (and WSS) with `tls`.
+pub fn run_tls(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: usize,
+    tls: &crate::tls::Tls,
+) -> Result<Server, StartError> {
+    serve(listener, state, workers, Some(tls.server_config()))
+}
+
+fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: usize,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<Server, StartError> {
     actix_web::rt::spawn(refresh_revocations(state.clone()));
     actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
     let server = HttpServer::new(move || {
@@ -104,10 +122,12 @@ pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) ->
     // the WebSockets; tests through the handle).
     .disable_signals()
     .client_request_timeout(Duration::from_secs(10))
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(10);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// Re-reads the revocation table so revocations made elsewhere (the CLI, another

@@ -316,15 +316,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let key = root_key(&config, true)?;
     tracing::info!(public_key = %key.public_hex(), from = %key.origin(), "root key loaded");
     let state = web::Data::new(AppState::open(&config, key.public())?);
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = crate::tls::Tls::load(files)?;
+            tls.watch(crate::tls::RELOAD_INTERVAL);
+            Some(tls)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)?;
     let address = listener.local_addr()?;
-    let url = format!("http://{address}");
+    let url = format!("{}://{address}", if tls.is_some() { "https" } else { "http" });
     tracing::info!(db = %config.db, %url, workers = config.workers, "opsync listening");
     println!("opsync is listening on {url}");
     if state.is_empty().await? {
         print_first_token(&key, &url)?;
     }
-    let server = app::run(listener, state.clone(), config.workers)?;
+    let server = match &tls {
+        Some(tls) => app::run_tls(listener, state.clone(), config.workers, tls)?,
+        None => app::run(listener, state.clone(), config.workers)?,
+    };
     actix_web::rt::spawn(stop_on_signal(server.handle(), state.clone()));
     server.await?;
     state.shutdown();

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::db::{Backend, DbError, DbUrl};
 use crate::log::{Limits, Retention};
 use crate::realtime::RealtimeConfig;
+use crate::tls::TlsFiles;
 
 /// The data directory when none is given.
 pub const DEFAULT_DATA_DIR: &str = "./opsync-data";
@@ -64,6 +65,13 @@ pub struct Settings {
     /// server's own origin and clients without an Origin are always allowed.
     #[arg(long, global = true, env = "OPSYNC_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Serve HTTPS and WSS with this PEM certificate chain (with --tls-key);
+    /// re-read when the file changes.
+    #[arg(long, global = true, env = "OPSYNC_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "OPSYNC_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Most bytes in one snapshot [default: 67108864].
     #[arg(long, global = true, env = "OPSYNC_MAX_SNAPSHOT_BYTES", value_name = "BYTES")]
     pub max_snapshot_bytes: Option<usize>,
@@ -109,6 +117,10 @@ pub struct FileSettings {
     pub pool_size: Option<u32>,
     /// See [`Settings::writers`].
     pub writers: Option<usize>,
+    /// See [`Settings::tls_cert`].
+    pub tls_cert: Option<PathBuf>,
+    /// See [`Settings::tls_key`].
+    pub tls_key: Option<PathBuf>,
     /// Size limits.
     pub limits: Option<Limits>,
     /// `[realtime]`: WebSocket and long-poll tunables.
@@ -165,6 +177,8 @@ pub struct Config {
     pub realtime: RealtimeConfig,
     /// Snapshots, retention and compaction.
     pub retention: Retention,
+    /// HTTPS: the certificate and key files (plain HTTP without).
+    pub tls: Option<TlsFiles>,
 }
 
 /// A setting that cannot be used.
@@ -289,7 +303,17 @@ impl Config {
                 reason: "must be longer than realtime.heartbeat_ms".into(),
             });
         }
-        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime, retention })
+        let tls = match (settings.tls_cert.clone().or(file.tls_cert), settings.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_cert",
+                    reason: "tls_cert and tls_key go together: give both, or neither for plain HTTP".into(),
+                });
+            }
+        };
+        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime, retention, tls })
     }
 }
 

@@ -18,3 +18,4 @@ pub mod log;
 pub mod metrics;
 pub mod protocol;
 pub mod realtime;
+pub mod tls;
