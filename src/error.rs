@@ -10,7 +10,7 @@ use crate::ids::Seq;
 use crate::protocol::{EntityConflict, ErrorBody};
 
 /// Every error code opsync answers with. The names are a public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body could not be decoded (syntax, types, missing keys, trailing bytes, nesting).

@@ -79,6 +79,16 @@ type Flow = Result<(), End>;
 
 /// `GET /v1/ws`: checks the Origin and any token offered in the subprotocol header
 /// (so a bad one gets a plain HTTP error), then upgrades.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "realtime",
+    description = "Opens a WebSocket (subprotocol `opsync.v1`; the token as `bearer.TOKEN` in \
+        `Sec-WebSocket-Protocol` or in the first `hello` message). The messages are MessagePack maps \
+        described in docs/protocol.md. A request without an upgrade gets 426 `upgrade_required`.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = "default", description = super::openapi::ERROR, body = crate::protocol::ErrorBody),
+    ),
+)]
 pub async fn connect(
     req: HttpRequest,
     payload: web::Payload,
