@@ -80,6 +80,8 @@ pub enum ErrorCode {
     UnexpectedMessage,
     /// The request body did not arrive in time (a stalled or too slow client).
     RequestTimeout,
+    /// The push would take the user's stored op payloads over their quota.
+    QuotaExceeded,
     /// No such route.
     NotFound,
     /// The route exists with other methods.
@@ -108,6 +110,7 @@ impl ErrorCode {
             Forbidden | DeviceMismatch | OriginNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -152,6 +155,7 @@ impl ErrorCode {
             UnexpectedMessage => "unexpected_message",
             NotFound => "not_found",
             RequestTimeout => "request_timeout",
+            QuotaExceeded => "quota_exceeded",
             MethodNotAllowed => "method_not_allowed",
             Unavailable => "unavailable",
             Internal => "internal",
@@ -292,6 +296,7 @@ impl From<crate::log::LogError> for ApiError {
             LogError::SnapshotTooLarge { .. } => ApiError::new(ErrorCode::SnapshotTooLarge, e.to_string()),
             LogError::ChecksumMismatch { .. } => ApiError::new(ErrorCode::ChecksumMismatch, e.to_string()),
             LogError::NoSnapshot => ApiError::new(ErrorCode::NoSnapshot, e.to_string()),
+            LogError::QuotaExceeded { .. } => ApiError::new(ErrorCode::QuotaExceeded, e.to_string()),
             LogError::Unavailable(cause) => ApiError::unavailable(cause),
             LogError::Db(_) | LogError::Corrupt(_) => ApiError::internal(e),
         }

@@ -55,6 +55,8 @@ pub enum PushResult {
     Rejected,
     /// Refused by validation before it was queued.
     Invalid,
+    /// Refused because it would take the user past the storage quota.
+    QuotaExceeded,
     /// The database or the writer could not take it.
     Unavailable,
     /// Anything else.
@@ -62,11 +64,12 @@ pub enum PushResult {
 }
 
 impl PushResult {
-    const ALL: [PushResult; 6] = [
+    const ALL: [PushResult; 7] = [
         PushResult::Stored,
         PushResult::Duplicate,
         PushResult::Rejected,
         PushResult::Invalid,
+        PushResult::QuotaExceeded,
         PushResult::Unavailable,
         PushResult::Failed,
     ];
@@ -77,6 +80,7 @@ impl PushResult {
             PushResult::Duplicate => "duplicate",
             PushResult::Rejected => "rejected",
             PushResult::Invalid => "invalid",
+            PushResult::QuotaExceeded => "quota_exceeded",
             PushResult::Unavailable => "unavailable",
             PushResult::Failed => "failed",
         }

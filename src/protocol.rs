@@ -240,6 +240,13 @@ pub struct StatusResponse {
     /// Entities whose last op is a `del`, still remembered (until their TTL).
     #[serde(default)]
     pub tombstones: i64,
+    /// Payload bytes of the user's stored ops: what counts against the quota.
+    #[serde(default)]
+    pub stored_bytes: i64,
+    /// The user's storage quota in bytes (absent: unlimited). A push that would
+    /// take `stored_bytes` past it is refused with `507 quota_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
 }
 
 /// A stored snapshot, as `PUT /v1/snapshot` answers and `GET /v1/status` lists it.
