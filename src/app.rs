@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::db::{self, Backend, DbError};
 use crate::error::{ApiError, ErrorCode};
+use crate::limits::RateLimiter;
 use crate::log::writer::Writer;
 use crate::log::{Log, store};
 use crate::realtime::Realtime;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Live delivery: hubs, sessions, long-polls.
     pub realtime: Realtime,
+    /// Rate limits per device, user and client address.
+    pub limits: RateLimiter,
 }
 
 /// Failures at start.
@@ -61,7 +64,12 @@ impl AppState {
             realtime.start_listener(&config.db)?;
         }
         let log = Log::new(writer, pool, config.limits.clone()).with_retention(config.retention.clone());
-        Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
+        Ok(Self {
+            log,
+            verifier: Verifier::new(root, revoked),
+            realtime,
+            limits: RateLimiter::new(config.rate_limits.clone()),
+        })
     }
 
     /// Whether the database holds no user yet (a fresh deployment).

@@ -10,6 +10,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::db::{Backend, DbError, DbUrl};
+use crate::limits::RateLimits;
 use crate::log::{Limits, Retention};
 use crate::realtime::RealtimeConfig;
 
@@ -85,6 +86,16 @@ pub struct Settings {
     /// How often the server compacts, e.g. 1h; 0s: never [default: 1h].
     #[arg(long, global = true, env = "OPSYNC_COMPACT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub compact_interval: Option<Duration>,
+    /// Op payload bytes one user may store; 0: unlimited [default: 1073741824].
+    #[arg(long, global = true, env = "OPSYNC_QUOTA_BYTES", value_name = "BYTES")]
+    pub quota_bytes: Option<u64>,
+    /// Apply the [rate_limits] (false: none at all, e.g. for benchmarks) [default: true].
+    #[arg(long, global = true, env = "OPSYNC_RATE_LIMITS", value_name = "BOOL")]
+    pub rate_limits: Option<bool>,
+    /// Proxies whose X-Forwarded-For names the client (addresses or CIDR blocks,
+    /// comma-separated) [default: none].
+    #[arg(long, global = true, env = "OPSYNC_TRUSTED_PROXIES", value_name = "NETS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -109,8 +120,10 @@ pub struct FileSettings {
     pub pool_size: Option<u32>,
     /// See [`Settings::writers`].
     pub writers: Option<usize>,
-    /// Size limits.
+    /// Size limits and the storage quota.
     pub limits: Option<Limits>,
+    /// `[rate_limits]`: token buckets per device, user and client address.
+    pub rate_limits: Option<RateLimits>,
     /// `[realtime]`: WebSocket and long-poll tunables.
     pub realtime: Option<RealtimeConfig>,
     /// Snapshots, retention and compaction.
@@ -159,8 +172,10 @@ pub struct Config {
     pub pool_size: u32,
     /// Writer threads.
     pub writers: usize,
-    /// Size limits.
+    /// Size limits and the storage quota.
     pub limits: Limits,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
     /// WebSocket and long-poll tunables.
     pub realtime: RealtimeConfig,
     /// Snapshots, retention and compaction.
@@ -238,6 +253,19 @@ impl Config {
         if let Some(n) = settings.max_snapshot_bytes {
             limits.max_snapshot_bytes = n;
         }
+        if let Some(n) = settings.quota_bytes {
+            limits.quota_bytes = n;
+        }
+        let mut rate_limits = file.rate_limits.unwrap_or_default();
+        if let Some(on) = settings.rate_limits {
+            rate_limits.enabled = on;
+        }
+        if let Some(proxies) = &settings.trusted_proxies {
+            rate_limits.trusted_proxies =
+                proxies.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+        }
+        rate_limits.validate().map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
+
         let mut retention = file.retention.unwrap_or_default();
         if let Some(n) = settings.snapshot_every {
             retention.snapshot_every = n;
@@ -289,7 +317,19 @@ impl Config {
                 reason: "must be longer than realtime.heartbeat_ms".into(),
             });
         }
-        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime, retention })
+        Ok(Self {
+            listen,
+            data_dir,
+            db,
+            root_key,
+            workers,
+            pool_size,
+            writers,
+            limits,
+            rate_limits,
+            realtime,
+            retention,
+        })
     }
 }
 
@@ -361,6 +401,39 @@ mod tests {
         assert_eq!(c.retention.keep_snapshots, 3);
         let zero = Settings { keep_snapshots: Some(0), ..Settings::default() };
         assert!(Config::resolve_with(&zero, None).is_err());
+    }
+
+    #[test]
+    fn rate_limits_and_quota_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opsync.toml");
+        std::fs::write(
+            &path,
+            "[limits]\nquota_bytes = 0\n[rate_limits]\n\
+             device_pushes = { per_second = 2.5, burst = 5 }\nmax_sessions_per_user = 7\n",
+        )
+        .unwrap();
+        let c = Config::resolve_with(&Settings { config: Some(path.clone()), ..Settings::default() }, None).unwrap();
+        assert_eq!(c.limits.quota(), None, "0: unlimited");
+        assert_eq!(c.rate_limits.device_pushes, crate::limits::Rate::new(2.5, 5.0));
+        assert_eq!(c.rate_limits.max_sessions_per_user, 7);
+        assert_eq!(c.rate_limits.user_pushes, RateLimits::default().user_pushes);
+        assert!(c.rate_limits.enabled);
+        let flags = Settings {
+            config: Some(path),
+            rate_limits: Some(false),
+            quota_bytes: Some(1000),
+            trusted_proxies: Some(vec!["10.0.0.0/8".into(), " ".into()]),
+            ..Settings::default()
+        };
+        let c = Config::resolve_with(&flags, None).unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.limits.quota(), Some(1000));
+        assert_eq!(c.rate_limits.trusted_proxies, vec!["10.0.0.0/8".to_owned()]);
+        let defaults = Config::resolve_with(&Settings::default(), None).unwrap();
+        assert_eq!(defaults.limits.quota(), Some(1 << 30));
+        let bad = Settings { trusted_proxies: Some(vec!["not-an-ip".into()]), ..Settings::default() };
+        assert!(Config::resolve_with(&bad, None).is_err());
     }
 
     #[test]

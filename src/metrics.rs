@@ -131,6 +131,8 @@ pub struct Snapshot<'a> {
     pub pool: (u32, u32),
     /// Commands waiting in the writers' queues.
     pub write_queue: usize,
+    /// Requests the rate limits refused.
+    pub limits: &'a crate::limits::LimitStats,
 }
 
 impl Snapshot<'_> {
@@ -215,6 +217,19 @@ impl Snapshot<'_> {
             "Read pool connections in use.",
             u64::from(connections.saturating_sub(idle)),
         );
+        let _ = writeln!(
+            out,
+            "# HELP opsync_rate_limited_total Requests refused by a rate limit, by scope.\n\
+             # TYPE opsync_rate_limited_total counter"
+        );
+        for scope in crate::limits::Scope::ALL {
+            let _ = writeln!(
+                out,
+                "opsync_rate_limited_total{{scope=\"{}\"}} {}",
+                scope.label(),
+                self.limits.refused(scope)
+            );
+        }
         out
     }
 }

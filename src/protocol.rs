@@ -301,7 +301,7 @@ pub struct EntityConflict {
 
 /// Every error body: a stable code to branch on and a message for humans, plus
 /// details for some codes (`head`, `ids`, `conflicts`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable snake_case code (see docs/protocol.md).
     pub error: String,
@@ -322,6 +322,10 @@ pub struct ErrorBody {
     /// The latest snapshot's seq, for `resync_required` (absent: there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_seq: Option<Seq>,
+    /// For `rate_limited`: how long to wait before the same request would pass,
+    /// milliseconds (the `Retry-After` header rounds it up to whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[cfg(test)]
