@@ -36,6 +36,8 @@ pub struct AppState {
     pub realtime: Realtime,
     /// Rate limits per device, user and client address.
     pub limits: RateLimiter,
+    /// How long an idle HTTP keep-alive connection stays open (zero: none).
+    pub keep_alive: Duration,
 }
 
 /// Failures at start.
@@ -69,6 +71,7 @@ impl AppState {
             verifier: Verifier::new(root, revoked),
             realtime,
             limits: RateLimiter::new(config.rate_limits.clone()),
+            keep_alive: config.keep_alive,
         })
     }
 
@@ -89,6 +92,14 @@ impl AppState {
 pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) -> Result<Server, StartError> {
     actix_web::rt::spawn(refresh_revocations(state.clone()));
     actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
+    // Explicit, not actix's 5 s default: idle connections between requests are
+    // closed at this deadline (a connection that never sends a request head is
+    // closed by the 10 s request timeout below).
+    let keep_alive = if state.keep_alive.is_zero() {
+        actix_web::http::KeepAlive::Disabled
+    } else {
+        actix_web::http::KeepAlive::Timeout(state.keep_alive)
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -108,6 +119,7 @@ pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) ->
     // The caller stops the server (`opsync serve` on SIGINT/SIGTERM, after closing
     // the WebSockets; tests through the handle).
     .disable_signals()
+    .keep_alive(keep_alive)
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(10)
     .listen(listener)?

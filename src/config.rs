@@ -22,6 +22,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const SQLITE_FILE: &str = "opsync.db";
 /// The root key file inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
+/// How long an idle HTTP keep-alive connection stays open when nothing says otherwise.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 /// Settings every subcommand reads (flags and environment variables).
 #[derive(Debug, Clone, Default, Args)]
@@ -96,6 +98,10 @@ pub struct Settings {
     /// comma-separated) [default: none].
     #[arg(long, global = true, env = "OPSYNC_TRUSTED_PROXIES", value_name = "NETS", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
+    /// Close an HTTP connection idle this long between requests, e.g. 75s; 0s: after
+    /// every response [default: 75s].
+    #[arg(long, global = true, env = "OPSYNC_KEEP_ALIVE", value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_alive: Option<Duration>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -120,6 +126,8 @@ pub struct FileSettings {
     pub pool_size: Option<u32>,
     /// See [`Settings::writers`].
     pub writers: Option<usize>,
+    /// See [`Settings::keep_alive`] (a duration such as `"75s"`).
+    pub keep_alive: Option<String>,
     /// Size limits and the storage quota.
     pub limits: Option<Limits>,
     /// `[rate_limits]`: token buckets per device, user and client address.
@@ -176,6 +184,8 @@ pub struct Config {
     pub limits: Limits,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// How long an idle HTTP keep-alive connection stays open (zero: no keep-alive).
+    pub keep_alive: Duration,
     /// WebSocket and long-poll tunables.
     pub realtime: RealtimeConfig,
     /// Snapshots, retention and compaction.
@@ -265,7 +275,13 @@ impl Config {
                 proxies.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
         }
         rate_limits.validate().map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
-
+        let keep_alive = match (settings.keep_alive, file.keep_alive) {
+            (Some(d), _) => d,
+            (None, Some(text)) => {
+                parse_duration(&text).map_err(|reason| ConfigError::Invalid { name: "keep_alive", reason })?
+            }
+            (None, None) => DEFAULT_KEEP_ALIVE,
+        };
         let mut retention = file.retention.unwrap_or_default();
         if let Some(n) = settings.snapshot_every {
             retention.snapshot_every = n;
@@ -327,6 +343,7 @@ impl Config {
             writers,
             limits,
             rate_limits,
+            keep_alive,
             realtime,
             retention,
         })
@@ -404,17 +421,18 @@ mod tests {
     }
 
     #[test]
-    fn rate_limits_and_quota_from_file_and_flags() {
+    fn rate_limits_quota_and_keep_alive_from_file_and_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("opsync.toml");
         std::fs::write(
             &path,
-            "[limits]\nquota_bytes = 0\n[rate_limits]\n\
+            "keep_alive = \"5s\"\n[limits]\nquota_bytes = 0\n[rate_limits]\n\
              device_pushes = { per_second = 2.5, burst = 5 }\nmax_sessions_per_user = 7\n",
         )
         .unwrap();
         let c = Config::resolve_with(&Settings { config: Some(path.clone()), ..Settings::default() }, None).unwrap();
         assert_eq!(c.limits.quota(), None, "0: unlimited");
+        assert_eq!(c.keep_alive, Duration::from_secs(5));
         assert_eq!(c.rate_limits.device_pushes, crate::limits::Rate::new(2.5, 5.0));
         assert_eq!(c.rate_limits.max_sessions_per_user, 7);
         assert_eq!(c.rate_limits.user_pushes, RateLimits::default().user_pushes);
@@ -423,15 +441,16 @@ mod tests {
             config: Some(path),
             rate_limits: Some(false),
             quota_bytes: Some(1000),
+            keep_alive: Some(Duration::ZERO),
             trusted_proxies: Some(vec!["10.0.0.0/8".into(), " ".into()]),
             ..Settings::default()
         };
         let c = Config::resolve_with(&flags, None).unwrap();
         assert!(!c.rate_limits.enabled);
-        assert_eq!(c.limits.quota(), Some(1000));
+        assert_eq!((c.limits.quota(), c.keep_alive), (Some(1000), Duration::ZERO));
         assert_eq!(c.rate_limits.trusted_proxies, vec!["10.0.0.0/8".to_owned()]);
         let defaults = Config::resolve_with(&Settings::default(), None).unwrap();
-        assert_eq!(defaults.limits.quota(), Some(1 << 30));
+        assert_eq!((defaults.limits.quota(), defaults.keep_alive), (Some(1 << 30), DEFAULT_KEEP_ALIVE));
         let bad = Settings { trusted_proxies: Some(vec!["not-an-ip".into()]), ..Settings::default() };
         assert!(Config::resolve_with(&bad, None).is_err());
     }
