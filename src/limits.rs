@@ -492,11 +492,13 @@ impl RateLimiter {
         (device_scope, user_scope): (Scope, Scope),
         commit: bool,
     ) -> Result<(), Limited> {
-        if !self.config.enabled {
+        let on = |charges: &[Charge]| charges.iter().any(|c| c.rate.is_on());
+        if !self.config.enabled || !(on(on_device) || on(on_user)) {
             return Ok(());
         }
         let now = self.now();
-        let device_key = device.map(|d| (user.clone(), d.clone()));
+        // A table whose buckets are all off is not even looked at.
+        let device_key = device.filter(|_| on(on_device)).map(|d| (user.clone(), d.clone()));
         let mut device_shard = device_key.as_ref().map(|key| (key, lock(self.devices.shard(key))));
         let mut user_shard = lock(self.users.shard(user));
         let device_before = device_shard.as_ref().map(|(key, map)| map.get(*key).copied().unwrap_or_default());
