@@ -124,7 +124,8 @@ def main():
         db = ["--data-dir", data, "--db", cluster.url]
         token = subprocess.run([args.binary, *db, "token", "issue", "--user", "outage"],
                                capture_output=True, text=True, check=True).stdout.strip()
-        server = subprocess.Popen([args.binary, *db, "--listen", f"127.0.0.1:{port}", "serve"],
+        # Rate limits off: 8 threads push as fast as they can to one user.
+        server = subprocess.Popen([args.binary, *db, "--listen", f"127.0.0.1:{port}", "--rate-limits", "false", "serve"],
                                   stdout=subprocess.PIPE, stderr=open(os.path.join(data, "serve.log"), "w"), text=True)
         for line in server.stdout:
             if "listening" in line:

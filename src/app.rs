@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::db::{self, Backend, DbError};
 use crate::error::{ApiError, ErrorCode};
+use crate::limits::RateLimiter;
 use crate::log::writer::Writer;
 use crate::log::{Log, store};
 use crate::realtime::Realtime;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Live delivery: hubs, sessions, long-polls.
     pub realtime: Realtime,
+    /// Rate limits per device, user and client address.
+    pub limits: RateLimiter,
+    /// How long an idle HTTP keep-alive connection stays open (zero: none).
+    pub keep_alive: Duration,
 }
 
 /// Failures at start.
@@ -63,7 +68,13 @@ impl AppState {
         }
         let log =
             Log::new(writer, pool, config.limits.clone()).with_health(health).with_retention(config.retention.clone());
-        Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
+        Ok(Self {
+            log,
+            verifier: Verifier::new(root, revoked),
+            realtime,
+            limits: RateLimiter::new(config.rate_limits.clone()),
+            keep_alive: config.keep_alive,
+        })
     }
 
     /// Whether the database holds no user yet (a fresh deployment).
@@ -102,6 +113,14 @@ fn serve(
 ) -> Result<Server, StartError> {
     actix_web::rt::spawn(refresh_revocations(state.clone()));
     actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
+    // Explicit, not actix's 5 s default: idle connections between requests are
+    // closed at this deadline (a connection that never sends a request head is
+    // closed by the 10 s request timeout below).
+    let keep_alive = if state.keep_alive.is_zero() {
+        actix_web::http::KeepAlive::Disabled
+    } else {
+        actix_web::http::KeepAlive::Timeout(state.keep_alive)
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -121,6 +140,7 @@ fn serve(
     // The caller stops the server (`opsync serve` on SIGINT/SIGTERM, after closing
     // the WebSockets; tests through the handle).
     .disable_signals()
+    .keep_alive(keep_alive)
     .client_request_timeout(Duration::from_secs(10))
     .shutdown_timeout(10);
     let server = match tls {

@@ -14,6 +14,7 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod ids;
+pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod protocol;

@@ -253,6 +253,13 @@ pub struct StatusResponse {
     /// Entities whose last op is a `del`, still remembered (until their TTL).
     #[serde(default)]
     pub tombstones: i64,
+    /// Payload bytes of the user's stored ops: what counts against the quota.
+    #[serde(default)]
+    pub stored_bytes: i64,
+    /// The user's storage quota in bytes (absent: unlimited). A push that would
+    /// take `stored_bytes` past it is refused with `507 quota_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
 }
 
 /// A stored snapshot, as `PUT /v1/snapshot` answers and `GET /v1/status` lists it.
@@ -307,7 +314,7 @@ pub struct EntityConflict {
 
 /// Every error body: a stable code to branch on and a message for humans, plus
 /// details for some codes (`head`, `ids`, `conflicts`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable snake_case code (see docs/protocol.md).
     #[schema(value_type = crate::error::ErrorCode)]
@@ -329,6 +336,10 @@ pub struct ErrorBody {
     /// The latest snapshot's seq, for `resync_required` (absent: there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_seq: Option<Seq>,
+    /// For `rate_limited`: how long to wait before the same request would pass,
+    /// milliseconds (the `Retry-After` header rounds it up to whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[cfg(test)]

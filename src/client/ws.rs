@@ -94,6 +94,7 @@ fn rejected(status: awc::http::StatusCode) -> crate::protocol::ErrorBody {
         conflicts: None,
         horizon: None,
         snapshot_seq: None,
+        retry_after_ms: None,
     }
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use self::auth::{Admin, Auth, Read, Write};
 use self::body::Format;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::log::Push;
 use crate::protocol::{AckRequest, AckResponse, ErrorBody, PullResponse, PushRequest, PushResponse, StatusResponse};
@@ -48,7 +49,9 @@ async fn decode_body<T: serde::de::DeserializeOwned>(
     Ok((format, body::decode(format, &bytes)?))
 }
 
-/// `POST /v1/ops`: append ops; answered after the commit.
+/// `POST /v1/ops`: append ops; answered after the commit. A client over its rate
+/// limit is refused before its body is read when that is already clear, and
+/// otherwise once the body says how many ops and bytes it carries.
 #[utoipa::path(
     post, path = "/v1/ops", tag = "log",
     description = "Appends a batch of ops atomically; answered after the commit with each op's seq \
@@ -69,8 +72,12 @@ async fn push(
     auth: Auth<Write>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let user = &auth.principal.user;
+    state.limits.push_limited(user, auth.principal.device.as_ref())?;
     let (format, request): (_, PushRequest) = decode_body(&req, payload, state.log.limits().max_body_bytes).await?;
     let device = auth.device(request.device)?;
+    let bytes = request.ops.iter().map(|op| op.payload.0.len()).sum();
+    state.limits.check_push(user, device.as_ref(), request.ops.len(), bytes)?;
     let push = Push {
         user: auth.principal.user,
         device,
@@ -133,11 +140,11 @@ async fn pull(
         return Err(ApiError::new(ErrorCode::InvalidQuery, format!("wait must be at most {max_wait} seconds")));
     }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_OPS);
-    let user = auth.principal.user;
+    let Principal { user, device, .. } = auth.principal;
     let page = if query.wait == 0 {
         state.log.pull(user, query.since, limit).await?
     } else {
-        long_poll(&state, user, query.since, limit, std::time::Duration::from_secs(query.wait)).await?
+        long_poll(&state, user, device, query.since, limit, std::time::Duration::from_secs(query.wait)).await?
     };
     body::respond(Format::for_response(req.headers(), None), StatusCode::OK, &page)
 }
@@ -145,20 +152,30 @@ async fn pull(
 /// A page after `since`, waiting up to `wait` for one to exist. The watch is
 /// registered before each read: a commit after it fires the watch, one before it is
 /// in the read. A wake-up with nothing new (a refresh after a listener reconnect)
-/// just waits again.
+/// just waits again. A poll that has to wait counts as a connect of its user and
+/// device (a rate limit); one answered at once is a plain pull.
 async fn long_poll(
     state: &AppState,
     user: crate::ids::UserId,
+    device: Option<crate::ids::DeviceId>,
     since: i64,
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<crate::protocol::PullResponse, ApiError> {
     let deadline = std::time::Instant::now() + wait;
+    let mut charged = false;
     loop {
         let mut watch = state.realtime.watch(&user).await.map_err(ApiError::unavailable)?;
         let page = state.log.pull(user.clone(), since, limit).await?;
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !page.ops.is_empty() || left.is_zero() || !watch.wait(left).await {
+        if !page.ops.is_empty() || left.is_zero() {
+            return Ok(page);
+        }
+        if !charged {
+            state.limits.check_connect(&user, device.as_ref())?;
+            charged = true;
+        }
+        if !watch.wait(left).await {
             return Ok(page);
         }
     }
@@ -311,6 +328,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         realtime: state.realtime.stats(),
         pool: state.log.pool_state(),
         write_queue: state.log.write_queue(),
+        limits: state.limits.stats(),
     };
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(snapshot.render())
 }

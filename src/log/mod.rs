@@ -91,6 +91,17 @@ pub enum LogError {
     /// No snapshot (at or before the seq asked for).
     #[error("no snapshot")]
     NoSnapshot,
+    /// The push's new ops would take the user's stored payloads over the quota;
+    /// nothing was stored.
+    #[error("the push needs {needed} more bytes; the user stores {stored} of a {quota}-byte quota")]
+    QuotaExceeded {
+        /// Payload bytes the user stores now.
+        stored: i64,
+        /// The quota.
+        quota: i64,
+        /// Payload bytes of the push's new ops.
+        needed: i64,
+    },
     /// The database cannot be reached (or the writer is gone); retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -163,6 +174,7 @@ fn push_result(answer: &Result<PushResponse, LogError>) -> crate::metrics::PushR
         Ok(_) => PushResult::Duplicate,
         Err(LogError::Rejected(_)) => PushResult::Rejected,
         Err(LogError::Invalid(_)) => PushResult::Invalid,
+        Err(LogError::QuotaExceeded { .. }) => PushResult::QuotaExceeded,
         Err(LogError::Unavailable(_)) => PushResult::Unavailable,
         Err(_) => PushResult::Failed,
     }
@@ -282,7 +294,8 @@ impl Log {
             metrics.push(crate::metrics::PushResult::Invalid);
             return Err(invalid.into());
         }
-        match self.writer.enqueue(|reply| Command::Push(push, reply)).await {
+        let quota = self.limits.quota();
+        match self.writer.enqueue(|reply| Command::Push(push, quota, reply)).await {
             Ok(pending) => Ok(PendingPush { pending, snapshot_every: self.retention.snapshot_every, metrics }),
             Err(e) => {
                 metrics.push(crate::metrics::PushResult::Unavailable);
@@ -376,9 +389,11 @@ impl Log {
         self.with_conn(move |conn| store::head(conn, &user).map_err(LogError::from)).await
     }
 
-    /// The user's head and devices.
+    /// The user's head and devices, and their storage against the quota.
     pub async fn status(&self, user: UserId) -> Result<StatusResponse, LogError> {
-        self.with_conn(move |conn| store::status(conn, &user)).await
+        let mut status = self.with_conn(move |conn| store::status(conn, &user)).await?;
+        status.quota_bytes = self.limits.quota();
+        Ok(status)
     }
 
     /// How the writers have merged commands into transactions so far.
