@@ -2951,29 +2951,35 @@ var Opsync = class _Opsync extends Emitter {
   pending() {
     return this.#replica.pending();
   }
-  /** Writes an entity. Resolves once the op is stored locally (not when the server has it). */
+  /**
+   * Writes an entity. Resolves once the op is stored locally (not when the server has it); rejects
+   * for a key that is not a non-empty string, or an op over 256 KiB.
+   */
   put(entity, value, options = {}) {
-    return this.#write([this.#checked({ entity, kind: "put", value, coalesce: options.coalesce ?? true })], null);
+    return settle(
+      () => this.#write([this.#checked({ entity, kind: "put", value, coalesce: options.coalesce ?? true })], null)
+    );
   }
   /** Deletes an entity. */
   del(entity, options = {}) {
-    return this.#write(
-      [this.#checked({ entity, kind: "del", value: void 0, coalesce: options.coalesce ?? true })],
-      null
+    return settle(
+      () => this.#write([this.#checked({ entity, kind: "del", value: void 0, coalesce: options.coalesce ?? true })], null)
     );
   }
   /** Writes several entities as one unit: pushed in one push, so stored all together or not at all. */
   batch(build) {
-    const writes = [];
-    build({
-      put: (entity, value) => void writes.push(this.#checked({ entity, kind: "put", value, coalesce: false })),
-      del: (entity) => void writes.push(this.#checked({ entity, kind: "del", value: void 0, coalesce: false }))
+    return settle(() => {
+      const writes = [];
+      build({
+        put: (entity, value) => void writes.push(this.#checked({ entity, kind: "put", value, coalesce: false })),
+        del: (entity) => void writes.push(this.#checked({ entity, kind: "del", value: void 0, coalesce: false }))
+      });
+      if (writes.length === 0) return Promise.resolve();
+      if (writes.length > MAX_BATCH_OPS) {
+        throw new OpsyncError("too_many_ops", `a batch holds at most ${MAX_BATCH_OPS} ops`);
+      }
+      return this.#write(writes, generateBatchId());
     });
-    if (writes.length === 0) return Promise.resolve();
-    if (writes.length > MAX_BATCH_OPS) {
-      return Promise.reject(new OpsyncError("too_many_ops", `a batch holds at most ${MAX_BATCH_OPS} ops`));
-    }
-    return this.#write(writes, generateBatchId());
   }
   /** Pushes now what waits in the coalescing window. */
   async flush() {
@@ -3952,6 +3958,13 @@ var Opsync = class _Opsync extends Emitter {
     return { kind: "stopped" };
   }
 };
+function settle(fn) {
+  try {
+    return fn();
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
 function generateBatchId() {
   const bytes2 = globalThis.crypto.getRandomValues(new Uint8Array(8));
   return Array.from(bytes2, (b) => b.toString(16).padStart(2, "0")).join("");

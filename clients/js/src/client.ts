@@ -379,31 +379,37 @@ export class Opsync extends Emitter<OpsyncEvents> {
     return this.#replica.pending();
   }
 
-  /** Writes an entity. Resolves once the op is stored locally (not when the server has it). */
+  /**
+   * Writes an entity. Resolves once the op is stored locally (not when the server has it); rejects
+   * for a key that is not a non-empty string, or an op over 256 KiB.
+   */
   put(entity: string, value: unknown, options: { coalesce?: boolean } = {}): Promise<void> {
-    return this.#write([this.#checked({ entity, kind: "put", value, coalesce: options.coalesce ?? true })], null);
+    return settle(() =>
+      this.#write([this.#checked({ entity, kind: "put", value, coalesce: options.coalesce ?? true })], null),
+    );
   }
 
   /** Deletes an entity. */
   del(entity: string, options: { coalesce?: boolean } = {}): Promise<void> {
-    return this.#write(
-      [this.#checked({ entity, kind: "del", value: undefined, coalesce: options.coalesce ?? true })],
-      null,
+    return settle(() =>
+      this.#write([this.#checked({ entity, kind: "del", value: undefined, coalesce: options.coalesce ?? true })], null),
     );
   }
 
   /** Writes several entities as one unit: pushed in one push, so stored all together or not at all. */
   batch(build: (b: { put(entity: string, value: unknown): void; del(entity: string): void }) => void): Promise<void> {
-    const writes: LocalWrite[] = [];
-    build({
-      put: (entity, value) => void writes.push(this.#checked({ entity, kind: "put", value, coalesce: false })),
-      del: (entity) => void writes.push(this.#checked({ entity, kind: "del", value: undefined, coalesce: false })),
+    return settle(() => {
+      const writes: LocalWrite[] = [];
+      build({
+        put: (entity, value) => void writes.push(this.#checked({ entity, kind: "put", value, coalesce: false })),
+        del: (entity) => void writes.push(this.#checked({ entity, kind: "del", value: undefined, coalesce: false })),
+      });
+      if (writes.length === 0) return Promise.resolve();
+      if (writes.length > MAX_BATCH_OPS) {
+        throw new OpsyncError("too_many_ops", `a batch holds at most ${MAX_BATCH_OPS} ops`);
+      }
+      return this.#write(writes, generateBatchId());
     });
-    if (writes.length === 0) return Promise.resolve();
-    if (writes.length > MAX_BATCH_OPS) {
-      return Promise.reject(new OpsyncError("too_many_ops", `a batch holds at most ${MAX_BATCH_OPS} ops`));
-    }
-    return this.#write(writes, generateBatchId());
   }
 
   /** Pushes now what waits in the coalescing window. */
@@ -1460,6 +1466,15 @@ export class Opsync extends Emitter<OpsyncEvents> {
     if (stopWith) return stopWith;
     if (pushFailure) return this.#outcomeOf(pushFailure, connectedAt ? Date.now() - connectedAt : 0);
     return { kind: "stopped" };
+  }
+}
+
+/** `fn()`, with a synchronous throw turned into a rejected promise. */
+function settle(fn: () => Promise<void>): Promise<void> {
+  try {
+    return fn();
+  } catch (e) {
+    return Promise.reject(e);
   }
 }
 

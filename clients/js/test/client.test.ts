@@ -371,3 +371,20 @@ test("a token the server refuses stops syncing until a new one is set", async ()
   assert.equal(sync.status.error, null);
   await sync.close();
 });
+
+test("writes that the server would refuse are refused at once, without touching the queue", async () => {
+  const server = new FakeServer();
+  const sync = await connect(server, { paused: true });
+  await assert.rejects(sync.put("", 1), { code: "invalid_op" });
+  await assert.rejects(sync.put("k".repeat(300), 1), { code: "invalid_op" });
+  await assert.rejects(sync.put("big", "x".repeat(300 * 1024)), { code: "op_too_large" });
+  await assert.rejects(
+    sync.batch((b) => {
+      for (let i = 0; i <= 1000; i++) b.put(`k${i}`, i);
+    }),
+    { code: "too_many_ops" },
+  );
+  assert.equal(sync.status.pending, 0);
+  assert.deepEqual(sync.entries(), []);
+  await sync.close();
+});
