@@ -3542,7 +3542,13 @@ var Opsync = class _Opsync extends Emitter {
         });
       } else later.push({ id: res.id, seq: res.seq });
     }
-    if (stored.length > 0) await this.#applyItems(stored);
+    if (stored.length > 0) {
+      const first = stored[0];
+      if (first.seq !== this.#cursor + 1) {
+        throw new OpsyncError("protocol", `a pushed answer at seq ${first.seq} while the stream is at ${this.#cursor}`);
+      }
+      await this.#applyItems(stored);
+    }
     if (later.length > 0 || done.length > 0) {
       await this.#exclusive(async () => {
         await this.#store.acknowledge(later);

@@ -42,11 +42,12 @@ after(async () => {
   await shared?.stop();
 });
 
-/** Runs `action`, then waits until `page` shows `want`; fails if that takes longer than `ms`. */
+/** Runs `action` (a user's edit), then waits until `page` shows `want`; fails if that takes more than
+ * `ms` from the start of the action. Returns the time it took. */
 async function within(ms: number, page: Page, want: [string, boolean][], action: () => Promise<void>): Promise<number> {
-  await action();
   const started = Date.now();
-  await waitForTasks(page, want, ms);
+  await action();
+  await waitForTasks(page, want, Math.max(1, ms - (Date.now() - started)));
   return Date.now() - started;
 }
 

@@ -1019,7 +1019,14 @@ export class Opsync extends Emitter<OpsyncEvents> {
         });
       } else later.push({ id: res.id, seq: res.seq });
     }
-    if (stored.length > 0) await this.#applyItems(stored);
+    if (stored.length > 0) {
+      // They continue the stream exactly where it is (docs/protocol.md, delivery guarantees).
+      const first = stored[0] as Incoming;
+      if (first.seq !== this.#cursor + 1) {
+        throw new OpsyncError("protocol", `a pushed answer at seq ${first.seq} while the stream is at ${this.#cursor}`);
+      }
+      await this.#applyItems(stored);
+    }
     if (later.length > 0 || done.length > 0) {
       await this.#exclusive(async () => {
         await this.#store.acknowledge(later);
