@@ -83,6 +83,8 @@ async function start() {
   });
   window.opsyncDemo = { sync };
   $("app").hidden = false;
+  $("status").hidden = false;
+  $("offline-switch").hidden = false;
   $("device").textContent = sync.device;
   $("e2e").textContent = passphrase ? "end-to-end encrypted" : "not encrypted";
 
