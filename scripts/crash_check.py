@@ -14,6 +14,13 @@ until it is answered, as a real client does. Then the log is read back and check
     cargo build && python3 scripts/crash_check.py --kills 50
     python3 scripts/crash_check.py --kills 50 --db postgres://postgres@127.0.0.1:5432/somedb
 
+With `--nodes 2` (Postgres only), two servers share the database: the pushers are
+spread over both, a push that loses its node is retried on the other one (as a
+client behind a load balancer would), only the first node is killed, and a
+long-polling reader on each node tails the log, checking that it never sees seq
+n+1 before n (every page continues exactly where the last one ended) and that
+it ends with the whole log.
+
 Exits non-zero, saying why, if an invariant is broken. `.ci/run` runs it on both
 backends with the debug binary.
 """
@@ -44,7 +51,9 @@ def uuid7():
 
 class Server:
     def __init__(self, binary, data, port, db):
-        self.args = [binary, "--data-dir", data, "--listen", f"127.0.0.1:{port}"] + (["--db", db] if db else [])
+        # Rate limits off: 16 threads push to one user as fast as the server answers.
+        self.args = [binary, "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--rate-limits", "false"] + (
+            ["--db", db] if db else [])
         self.proc = None
 
     def start(self):
@@ -84,11 +93,16 @@ def main():
     parser.add_argument("--db", default=os.environ.get("DB"))
     parser.add_argument("--port", type=int, default=18300 + random.randint(0, 600))
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--nodes", type=int, default=1, help="servers on one Postgres database (the first is killed)")
     args = parser.parse_args()
+    if args.nodes > 1 and not args.db:
+        raise SystemExit("--nodes needs --db postgres://…: SQLite serves one node")
 
     data = tempfile.mkdtemp(prefix="opsync-crash-")
-    server = Server(args.binary, data, args.port, args.db)
-    base = f"http://127.0.0.1:{args.port}"
+    servers = [Server(args.binary, data, args.port + i, args.db) for i in range(args.nodes)]
+    server = servers[0]
+    bases = [f"http://127.0.0.1:{args.port + i}" for i in range(args.nodes)]
+    base = bases[-1]  # a node that is never killed when there are several
     token = subprocess.run([args.binary, "--data-dir", data] + (["--db", args.db] if args.db else [])
                            + ["token", "issue", "--user", "crash"], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -99,7 +113,7 @@ def main():
     stop = threading.Event()
     errors = []
 
-    def pusher():
+    def pusher(node):
         while not stop.is_set():
             ops = [{"id": uuid7(), "payload": "eA=="} for _ in range(random.randint(1, 5))]
             with lock:
@@ -107,9 +121,9 @@ def main():
             attempt = 0
             while True:
                 try:
-                    answer = request(f"{base}/v1/ops", token, {"ops": ops})
+                    answer = request(f"{bases[(node + attempt) % len(bases)]}/v1/ops", token, {"ops": ops})
                 except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                    attempt += 1
+                    attempt += 1  # the next try goes to the next node, if there are several
                     time.sleep(0.05)
                     continue
                 with lock:
@@ -121,9 +135,33 @@ def main():
                             errors.append(f"op {result['id']} answered with seq {first_answer[result['id']]} and later {result['seq']}")
                 break
 
-    server.start()
-    threads = [threading.Thread(target=pusher) for _ in range(args.threads)]
-    for thread in threads:
+    tailed = [[] for _ in bases]  # the seqs each node's tailing reader saw, in order
+
+    def tailer(node):
+        since = 0
+        while True:
+            try:
+                page = request(f"{bases[node]}/v1/ops?since={since}&limit=500&wait=1", token)
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                time.sleep(0.05)  # its node was killed: resume from the same seq
+                continue
+            seqs = [op["seq"] for op in page["ops"]]
+            if seqs != list(range(since + 1, since + 1 + len(seqs))):
+                with lock:
+                    errors.append(f"node {node}'s reader asked for ops after {since} and got seqs {seqs[:5]}…")
+                return
+            tailed[node].extend(seqs)
+            if seqs:
+                since = seqs[-1]
+            elif stop.is_set() and tail_until.is_set():
+                return
+
+    tail_until = threading.Event()
+    for s in servers:
+        s.start()
+    threads = [threading.Thread(target=pusher, args=(i % len(bases),)) for i in range(args.threads)]
+    tailers = [threading.Thread(target=tailer, args=(i,)) for i in range(len(bases))] if args.nodes > 1 else []
+    for thread in threads + tailers:
         thread.start()
     started = time.time()
     for _ in range(args.kills):
@@ -133,6 +171,9 @@ def main():
     stop.set()
     for thread in threads:
         thread.join()
+    tail_until.set()
+    for thread in tailers:
+        thread.join(timeout=60)
 
     log, since = [], 0
     while True:
@@ -142,7 +183,8 @@ def main():
             head = page["head"]
             break
         since = page["ops"][-1]["seq"]
-    server.stop()
+    for s in servers:
+        s.stop()
     shutil.rmtree(data, ignore_errors=True)
 
     seqs = [op["seq"] for op in log]
@@ -159,8 +201,13 @@ def main():
     missing = pushed - set(stored)
     if missing:
         errors.append(f"{len(missing)} pushed ops were never stored")
+    for node, seen in enumerate(tailed if tailers else []):
+        if seen != list(range(1, head + 1)):
+            errors.append(f"node {node}'s tailing reader saw {len(seen)} seqs, not exactly 1..{head} in order")
     duplicates = sum(1 for _, _, status in retried_duplicates if status == "duplicate")
     backend = "postgres" if args.db else "sqlite"
+    if args.nodes > 1:
+        backend += f", {args.nodes} nodes, readers tailing each"
     print(f"crash check ({backend}): {args.kills} kills in {time.time() - started:.1f}s, {len(log)} ops, "
           f"{len(retried_duplicates)} retried ops answered ({duplicates} as duplicate of a commit the kill hid)")
     if errors:

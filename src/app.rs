@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::db::{self, Backend, DbError};
 use crate::error::{ApiError, ErrorCode};
+use crate::limits::RateLimiter;
 use crate::log::writer::Writer;
 use crate::log::{Log, store};
 use crate::realtime::Realtime;
@@ -33,6 +34,10 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Live delivery: hubs, sessions, long-polls.
     pub realtime: Realtime,
+    /// Rate limits per device, user and client address.
+    pub limits: RateLimiter,
+    /// How long an idle HTTP keep-alive connection stays open (zero: none).
+    pub keep_alive: Duration,
 }
 
 /// Failures at start.
@@ -54,14 +59,22 @@ impl AppState {
         let revoked = RevocationList::default();
         revoked.reload(&mut conn).map_err(DbError::from)?;
         drop(conn);
-        let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT)?;
+        let health = db::Health::default();
+        let pool = db::pool(&config.db, config.pool_size, POOL_TIMEOUT, &health)?;
         let realtime = Realtime::new(pool.clone(), config.realtime.clone());
         let writer = Writer::start(&config.db, config.writers, WRITE_QUEUE, Arc::new(realtime.clone()))?;
         if config.db.backend() == Backend::Postgres {
             realtime.start_listener(&config.db)?;
         }
-        let log = Log::new(writer, pool, config.limits.clone()).with_retention(config.retention.clone());
-        Ok(Self { log, verifier: Verifier::new(root, revoked), realtime })
+        let log =
+            Log::new(writer, pool, config.limits.clone()).with_health(health).with_retention(config.retention.clone());
+        Ok(Self {
+            log,
+            verifier: Verifier::new(root, revoked),
+            realtime,
+            limits: RateLimiter::new(config.rate_limits.clone()),
+            keep_alive: config.keep_alive,
+        })
     }
 
     /// Whether the database holds no user yet (a fresh deployment).
@@ -76,11 +89,38 @@ impl AppState {
     }
 }
 
-/// Starts serving on `listener`. Call inside an actix (or tokio) runtime; await
-/// the returned server, or stop it with its handle.
+/// Starts serving plain HTTP on `listener`. Call inside an actix (or tokio)
+/// runtime; await the returned server, or stop it with its handle.
 pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) -> Result<Server, StartError> {
+    serve(listener, state, workers, None)
+}
+
+/// Like [`run`], serving HTTPS (and WSS) with `tls`.
+pub fn run_tls(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: usize,
+    tls: &crate::tls::Tls,
+) -> Result<Server, StartError> {
+    serve(listener, state, workers, Some(tls.server_config()))
+}
+
+fn serve(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    workers: usize,
+    tls: Option<rustls::ServerConfig>,
+) -> Result<Server, StartError> {
     actix_web::rt::spawn(refresh_revocations(state.clone()));
     actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
+    // Explicit, not actix's 5 s default: idle connections between requests are
+    // closed at this deadline (a connection that never sends a request head is
+    // closed by the 10 s request timeout below).
+    let keep_alive = if state.keep_alive.is_zero() {
+        actix_web::http::KeepAlive::Disabled
+    } else {
+        actix_web::http::KeepAlive::Timeout(state.keep_alive)
+    };
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -100,11 +140,14 @@ pub fn run(listener: TcpListener, state: web::Data<AppState>, workers: usize) ->
     // The caller stops the server (`opsync serve` on SIGINT/SIGTERM, after closing
     // the WebSockets; tests through the handle).
     .disable_signals()
+    .keep_alive(keep_alive)
     .client_request_timeout(Duration::from_secs(10))
-    .shutdown_timeout(10)
-    .listen(listener)?
-    .run();
-    Ok(server)
+    .shutdown_timeout(10);
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// Re-reads the revocation table so revocations made elsewhere (the CLI, another

@@ -189,7 +189,7 @@ struct Bootstrap {
 /// Runs a scenario.
 pub fn run(config: &crate::config::Config, args: BenchArgs) -> anyhow::Result<()> {
     let key = crate::cli::root_key(config, false)?;
-    actix_web::rt::System::new().block_on(async move {
+    let outcome = actix_web::rt::System::new().block_on(async move {
         match args.scenario {
             Scenario::Fanout { server, users, devices, rate, duration, payload, server_pid } => {
                 let plan = Fanout { server, users, devices, rate, duration, payload };
@@ -203,6 +203,13 @@ pub fn run(config: &crate::config::Config, args: BenchArgs) -> anyhow::Result<()
             Scenario::Bootstrap(plan) => bootstrap(&plan, key.pair()).await?.print(&plan),
             Scenario::Quick { target } => quick(target, key.pair()).await,
         }
+    });
+    // The scenarios push far faster than the default rate limits allow one user.
+    outcome.map_err(|e| match format!("{e:#}") {
+        text if text.contains("rate_limited") || text.contains("429") => anyhow::anyhow!(
+            "{text}\nthe server's rate limits refused the load: start it with `--rate-limits false` to benchmark"
+        ),
+        _ => e,
     })
 }
 

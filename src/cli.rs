@@ -155,7 +155,10 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OPSYNC_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // actix-http logs a client's malformed request (a bad header, say) at ERROR;
+        // that is the client's fault, not the server's, and any client could fill
+        // the log with it. actix-http answers such a request 400 by itself.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_http::h1::dispatcher=off"));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -189,7 +192,7 @@ fn delete_user(config: &Config, user: UserId) -> anyhow::Result<()> {
     let mut conn = db::connect(&config.db)?;
     db::migrate(&mut conn)?;
     drop(conn);
-    let pool = db::pool(&config.db, 1, Duration::from_secs(10))?;
+    let pool = db::pool(&config.db, 1, Duration::from_secs(10), &db::Health::default())?;
     let writer = Writer::start(&config.db, 1, 16, std::sync::Arc::new(crate::log::NoSink))?;
     let log = Log::new(writer, pool, config.limits.clone());
     let result = actix_web::rt::System::new().block_on(log.delete_user(user));
@@ -316,9 +319,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let key = root_key(&config, true)?;
     tracing::info!(public_key = %key.public_hex(), from = %key.origin(), "root key loaded");
     let state = web::Data::new(AppState::open(&config, key.public())?);
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = crate::tls::Tls::load(files)?;
+            tls.watch(crate::tls::RELOAD_INTERVAL);
+            Some(tls)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)?;
     let address = listener.local_addr()?;
-    let url = format!("http://{address}");
+    let url = format!("{}://{address}", if tls.is_some() { "https" } else { "http" });
     tracing::info!(db = %config.db, %url, workers = config.workers, "opsync listening");
     println!("opsync is listening on {url}");
     if state.is_empty().await? {
@@ -326,7 +337,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         println!("The demo app is at {url}/ (it asks for a token: opsync token issue --user demo).");
     }
-    let server = app::run(listener, state.clone(), config.workers)?;
+    let server = match &tls {
+        Some(tls) => app::run_tls(listener, state.clone(), config.workers, tls)?,
+        None => app::run(listener, state.clone(), config.workers)?,
+    };
     actix_web::rt::spawn(stop_on_signal(server.handle(), state.clone()));
     server.await?;
     state.shutdown();

@@ -10,8 +10,10 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::db::{Backend, DbError, DbUrl};
+use crate::limits::RateLimits;
 use crate::log::{Limits, Retention};
 use crate::realtime::RealtimeConfig;
+use crate::tls::TlsFiles;
 
 /// The data directory when none is given.
 pub const DEFAULT_DATA_DIR: &str = "./opsync-data";
@@ -21,6 +23,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const SQLITE_FILE: &str = "opsync.db";
 /// The root key file inside the data directory.
 pub const ROOT_KEY_FILE: &str = "root.key";
+/// How long an idle HTTP keep-alive connection stays open when nothing says otherwise.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(75);
 
 /// Settings every subcommand reads (flags and environment variables).
 #[derive(Debug, Clone, Default, Args)]
@@ -64,6 +68,13 @@ pub struct Settings {
     /// server's own origin and clients without an Origin are always allowed.
     #[arg(long, global = true, env = "OPSYNC_ALLOWED_ORIGINS", value_name = "ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// Serve HTTPS and WSS with this PEM certificate chain (with --tls-key);
+    /// re-read when the file changes.
+    #[arg(long, global = true, env = "OPSYNC_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "OPSYNC_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Most bytes in one snapshot [default: 67108864].
     #[arg(long, global = true, env = "OPSYNC_MAX_SNAPSHOT_BYTES", value_name = "BYTES")]
     pub max_snapshot_bytes: Option<usize>,
@@ -85,6 +96,20 @@ pub struct Settings {
     /// How often the server compacts, e.g. 1h; 0s: never [default: 1h].
     #[arg(long, global = true, env = "OPSYNC_COMPACT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub compact_interval: Option<Duration>,
+    /// Op payload bytes one user may store; 0: unlimited [default: 1073741824].
+    #[arg(long, global = true, env = "OPSYNC_QUOTA_BYTES", value_name = "BYTES")]
+    pub quota_bytes: Option<u64>,
+    /// Apply the [rate_limits] (false: none at all, e.g. for benchmarks) [default: true].
+    #[arg(long, global = true, env = "OPSYNC_RATE_LIMITS", value_name = "BOOL")]
+    pub rate_limits: Option<bool>,
+    /// Proxies whose X-Forwarded-For names the client (addresses or CIDR blocks,
+    /// comma-separated) [default: none].
+    #[arg(long, global = true, env = "OPSYNC_TRUSTED_PROXIES", value_name = "NETS", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Close an HTTP connection idle this long between requests, e.g. 75s; 0s: after
+    /// every response [default: 75s].
+    #[arg(long, global = true, env = "OPSYNC_KEEP_ALIVE", value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_alive: Option<Duration>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -109,8 +134,16 @@ pub struct FileSettings {
     pub pool_size: Option<u32>,
     /// See [`Settings::writers`].
     pub writers: Option<usize>,
-    /// Size limits.
+    /// See [`Settings::tls_cert`].
+    pub tls_cert: Option<PathBuf>,
+    /// See [`Settings::tls_key`].
+    pub tls_key: Option<PathBuf>,
+    /// See [`Settings::keep_alive`] (a duration such as `"75s"`).
+    pub keep_alive: Option<String>,
+    /// Size limits and the storage quota.
     pub limits: Option<Limits>,
+    /// `[rate_limits]`: token buckets per device, user and client address.
+    pub rate_limits: Option<RateLimits>,
     /// `[realtime]`: WebSocket and long-poll tunables.
     pub realtime: Option<RealtimeConfig>,
     /// Snapshots, retention and compaction.
@@ -159,12 +192,18 @@ pub struct Config {
     pub pool_size: u32,
     /// Writer threads.
     pub writers: usize,
-    /// Size limits.
+    /// Size limits and the storage quota.
     pub limits: Limits,
+    /// Rate limits.
+    pub rate_limits: RateLimits,
+    /// How long an idle HTTP keep-alive connection stays open (zero: no keep-alive).
+    pub keep_alive: Duration,
     /// WebSocket and long-poll tunables.
     pub realtime: RealtimeConfig,
     /// Snapshots, retention and compaction.
     pub retention: Retention,
+    /// HTTPS: the certificate and key files (plain HTTP without).
+    pub tls: Option<TlsFiles>,
 }
 
 /// A setting that cannot be used.
@@ -238,6 +277,25 @@ impl Config {
         if let Some(n) = settings.max_snapshot_bytes {
             limits.max_snapshot_bytes = n;
         }
+        if let Some(n) = settings.quota_bytes {
+            limits.quota_bytes = n;
+        }
+        let mut rate_limits = file.rate_limits.unwrap_or_default();
+        if let Some(on) = settings.rate_limits {
+            rate_limits.enabled = on;
+        }
+        if let Some(proxies) = &settings.trusted_proxies {
+            rate_limits.trusted_proxies =
+                proxies.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+        }
+        rate_limits.validate().map_err(|(name, reason)| ConfigError::Invalid { name, reason })?;
+        let keep_alive = match (settings.keep_alive, file.keep_alive) {
+            (Some(d), _) => d,
+            (None, Some(text)) => {
+                parse_duration(&text).map_err(|reason| ConfigError::Invalid { name: "keep_alive", reason })?
+            }
+            (None, None) => DEFAULT_KEEP_ALIVE,
+        };
         let mut retention = file.retention.unwrap_or_default();
         if let Some(n) = settings.snapshot_every {
             retention.snapshot_every = n;
@@ -289,7 +347,31 @@ impl Config {
                 reason: "must be longer than realtime.heartbeat_ms".into(),
             });
         }
-        Ok(Self { listen, data_dir, db, root_key, workers, pool_size, writers, limits, realtime, retention })
+        let tls = match (settings.tls_cert.clone().or(file.tls_cert), settings.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_cert",
+                    reason: "tls_cert and tls_key go together: give both, or neither for plain HTTP".into(),
+                });
+            }
+        };
+        Ok(Self {
+            listen,
+            data_dir,
+            db,
+            root_key,
+            workers,
+            pool_size,
+            writers,
+            limits,
+            rate_limits,
+            keep_alive,
+            realtime,
+            retention,
+            tls,
+        })
     }
 }
 
@@ -361,6 +443,41 @@ mod tests {
         assert_eq!(c.retention.keep_snapshots, 3);
         let zero = Settings { keep_snapshots: Some(0), ..Settings::default() };
         assert!(Config::resolve_with(&zero, None).is_err());
+    }
+
+    #[test]
+    fn rate_limits_quota_and_keep_alive_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("opsync.toml");
+        std::fs::write(
+            &path,
+            "keep_alive = \"5s\"\n[limits]\nquota_bytes = 0\n[rate_limits]\n\
+             device_pushes = { per_second = 2.5, burst = 5 }\nmax_sessions_per_user = 7\n",
+        )
+        .unwrap();
+        let c = Config::resolve_with(&Settings { config: Some(path.clone()), ..Settings::default() }, None).unwrap();
+        assert_eq!(c.limits.quota(), None, "0: unlimited");
+        assert_eq!(c.keep_alive, Duration::from_secs(5));
+        assert_eq!(c.rate_limits.device_pushes, crate::limits::Rate::new(2.5, 5.0));
+        assert_eq!(c.rate_limits.max_sessions_per_user, 7);
+        assert_eq!(c.rate_limits.user_pushes, RateLimits::default().user_pushes);
+        assert!(c.rate_limits.enabled);
+        let flags = Settings {
+            config: Some(path),
+            rate_limits: Some(false),
+            quota_bytes: Some(1000),
+            keep_alive: Some(Duration::ZERO),
+            trusted_proxies: Some(vec!["10.0.0.0/8".into(), " ".into()]),
+            ..Settings::default()
+        };
+        let c = Config::resolve_with(&flags, None).unwrap();
+        assert!(!c.rate_limits.enabled);
+        assert_eq!((c.limits.quota(), c.keep_alive), (Some(1000), Duration::ZERO));
+        assert_eq!(c.rate_limits.trusted_proxies, vec!["10.0.0.0/8".to_owned()]);
+        let defaults = Config::resolve_with(&Settings::default(), None).unwrap();
+        assert_eq!((defaults.limits.quota(), defaults.keep_alive), (Some(1 << 30), DEFAULT_KEEP_ALIVE));
+        let bad = Settings { trusted_proxies: Some(vec!["not-an-ip".into()]), ..Settings::default() };
+        assert!(Config::resolve_with(&bad, None).is_err());
     }
 
     #[test]

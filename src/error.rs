@@ -10,7 +10,7 @@ use crate::ids::Seq;
 use crate::protocol::{EntityConflict, ErrorBody};
 
 /// Every error code opsync answers with. The names are a public contract.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The body could not be decoded (syntax, types, missing keys, trailing bytes, nesting).
@@ -80,6 +80,10 @@ pub enum ErrorCode {
     UnexpectedMessage,
     /// The request body did not arrive in time (a stalled or too slow client).
     RequestTimeout,
+    /// A rate limit refused the request (see `retry_after_ms` and `Retry-After`).
+    RateLimited,
+    /// The push would take the user's stored op payloads over their quota.
+    QuotaExceeded,
     /// No such route.
     NotFound,
     /// The route exists with other methods.
@@ -108,6 +112,8 @@ impl ErrorCode {
             Forbidden | DeviceMismatch | OriginNotAllowed => StatusCode::FORBIDDEN,
             NotFound => StatusCode::NOT_FOUND,
             RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            QuotaExceeded => StatusCode::INSUFFICIENT_STORAGE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -152,6 +158,8 @@ impl ErrorCode {
             UnexpectedMessage => "unexpected_message",
             NotFound => "not_found",
             RequestTimeout => "request_timeout",
+            RateLimited => "rate_limited",
+            QuotaExceeded => "quota_exceeded",
             MethodNotAllowed => "method_not_allowed",
             Unavailable => "unavailable",
             Internal => "internal",
@@ -179,6 +187,7 @@ impl ApiError {
             conflicts: None,
             horizon: None,
             snapshot_seq: None,
+            retry_after_ms: None,
         };
         Self { code, body: Box::new(body) }
     }
@@ -194,6 +203,14 @@ impl ApiError {
         self.body.horizon = Some(horizon);
         self.body.snapshot_seq = snapshot_seq;
         self
+    }
+
+    /// A request a rate limit refused, with when to retry.
+    pub fn rate_limited(limited: crate::limits::Limited) -> Self {
+        let mut e = Self::new(ErrorCode::RateLimited, limited.to_string());
+        let ms = limited.retry_after.as_nanos().div_ceil(1_000_000);
+        e.body.retry_after_ms = Some(u64::try_from(ms).unwrap_or(u64::MAX));
+        e
     }
 
     /// Adds the op ids concerned.
@@ -240,6 +257,10 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status_code());
         if self.code == ErrorCode::Unavailable {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if let Some(ms) = self.body.retry_after_ms {
+            // Whole seconds, rounded up: a client that waits that long passes.
+            res.insert_header((header::RETRY_AFTER, ms.div_ceil(1000).max(1)));
         }
         if matches!(self.code, ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::TokenRevoked) {
             res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
@@ -292,9 +313,16 @@ impl From<crate::log::LogError> for ApiError {
             LogError::SnapshotTooLarge { .. } => ApiError::new(ErrorCode::SnapshotTooLarge, e.to_string()),
             LogError::ChecksumMismatch { .. } => ApiError::new(ErrorCode::ChecksumMismatch, e.to_string()),
             LogError::NoSnapshot => ApiError::new(ErrorCode::NoSnapshot, e.to_string()),
+            LogError::QuotaExceeded { .. } => ApiError::new(ErrorCode::QuotaExceeded, e.to_string()),
             LogError::Unavailable(cause) => ApiError::unavailable(cause),
             LogError::Db(_) | LogError::Corrupt(_) => ApiError::internal(e),
         }
+    }
+}
+
+impl From<crate::limits::Limited> for ApiError {
+    fn from(limited: crate::limits::Limited) -> Self {
+        ApiError::rate_limited(limited)
     }
 }
 
@@ -336,6 +364,23 @@ mod tests {
         let v = serde_json::to_value(e.body())?;
         assert_eq!(v, serde_json::json!({"error": "stale_head", "message": "behind", "head": 7}));
         assert_eq!(e.code().status(), StatusCode::CONFLICT);
+        Ok(())
+    }
+
+    #[test]
+    fn rate_limited_answers_say_when_to_retry() -> Result<(), serde_json::Error> {
+        use crate::limits::{Limited, Scope};
+        use std::time::Duration;
+        let limited = Limited { scope: Scope::DevicePush, retry_after: Duration::from_micros(1_200_001) };
+        let e = ApiError::from(limited);
+        assert_eq!(e.code().status(), StatusCode::TOO_MANY_REQUESTS);
+        let v = serde_json::to_value(e.body())?;
+        assert_eq!((v["error"].as_str(), v["retry_after_ms"].as_u64()), (Some("rate_limited"), Some(1201)));
+        let res = e.error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("2"));
+        let short = ApiError::from(Limited { scope: Scope::Sessions, retry_after: Duration::from_millis(3) });
+        assert_eq!(short.error_response().headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"));
+        assert_eq!(ErrorCode::QuotaExceeded.status(), StatusCode::INSUFFICIENT_STORAGE);
         Ok(())
     }
 }

@@ -46,6 +46,21 @@ macro_rules! name_type {
             }
         }
 
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1))
+                    .max_length(Some(MAX_NAME_BYTES))
+                    .pattern(Some(r"^[^\s\x00-\x1f\x7f-\x9f]+$"))
+                    .description(Some(concat!("A ", $what, " name: 1 to 128 bytes, printable, no spaces.")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
@@ -122,6 +137,20 @@ impl OpId {
         self.0.as_bytes()
     }
 }
+
+impl utoipa::PartialSchema for OpId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::Custom("uuid".into())))
+            .pattern(Some("^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-7[0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"))
+            .description(Some("A UUID v7 (hyphenated in JSON, 16 bytes of bin in MessagePack)."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for OpId {}
 
 impl fmt::Display for OpId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

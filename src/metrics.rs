@@ -55,6 +55,8 @@ pub enum PushResult {
     Rejected,
     /// Refused by validation before it was queued.
     Invalid,
+    /// Refused because it would take the user past the storage quota.
+    QuotaExceeded,
     /// The database or the writer could not take it.
     Unavailable,
     /// Anything else.
@@ -62,11 +64,12 @@ pub enum PushResult {
 }
 
 impl PushResult {
-    const ALL: [PushResult; 6] = [
+    const ALL: [PushResult; 7] = [
         PushResult::Stored,
         PushResult::Duplicate,
         PushResult::Rejected,
         PushResult::Invalid,
+        PushResult::QuotaExceeded,
         PushResult::Unavailable,
         PushResult::Failed,
     ];
@@ -77,6 +80,7 @@ impl PushResult {
             PushResult::Duplicate => "duplicate",
             PushResult::Rejected => "rejected",
             PushResult::Invalid => "invalid",
+            PushResult::QuotaExceeded => "quota_exceeded",
             PushResult::Unavailable => "unavailable",
             PushResult::Failed => "failed",
         }
@@ -127,6 +131,8 @@ pub struct Snapshot<'a> {
     pub pool: (u32, u32),
     /// Commands waiting in the writers' queues.
     pub write_queue: usize,
+    /// Requests the rate limits refused.
+    pub limits: &'a crate::limits::LimitStats,
 }
 
 impl Snapshot<'_> {
@@ -211,6 +217,19 @@ impl Snapshot<'_> {
             "Read pool connections in use.",
             u64::from(connections.saturating_sub(idle)),
         );
+        let _ = writeln!(
+            out,
+            "# HELP opsync_rate_limited_total Requests refused by a rate limit, by scope.\n\
+             # TYPE opsync_rate_limited_total counter"
+        );
+        for scope in crate::limits::Scope::ALL {
+            let _ = writeln!(
+                out,
+                "opsync_rate_limited_total{{scope=\"{}\"}} {}",
+                scope.label(),
+                self.limits.refused(scope)
+            );
+        }
         out
     }
 }

@@ -24,6 +24,19 @@ impl fmt::Debug for Payload {
     }
 }
 
+impl utoipa::PartialSchema for Payload {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_encoding("base64")
+            .description(Some("Opaque bytes: base64 in JSON (standard alphabet, padded), bin in MessagePack."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Payload {}
+
 impl Serialize for Payload {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() { s.serialize_str(&BASE64.encode(&self.0)) } else { s.serialize_bytes(&self.0) }
@@ -53,7 +66,7 @@ impl<'de> Deserialize<'de> for Payload {
 }
 
 /// What to do when a push's `expected_head` is behind the server's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnStale {
     /// Store the ops anyway; the client rebases when it pulls (the default).
@@ -64,7 +77,7 @@ pub enum OnStale {
 }
 
 /// One op as a client sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewOp {
     /// Client-chosen UUID v7; pushing the same id again is a no-op answered `duplicate`.
     pub id: OpId,
@@ -85,7 +98,7 @@ pub struct NewOp {
 }
 
 /// `POST /v1/ops`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushRequest {
     /// The ops, stored atomically and consecutively in this order.
     pub ops: Vec<NewOp>,
@@ -101,7 +114,7 @@ pub struct PushRequest {
 }
 
 /// Whether a pushed op was stored now or had been stored before.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OpStatus {
     /// Stored by this push.
@@ -111,7 +124,7 @@ pub enum OpStatus {
 }
 
 /// One op's result in a push answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OpResult {
     /// The op's id.
     pub id: OpId,
@@ -122,7 +135,7 @@ pub struct OpResult {
 }
 
 /// The answer to a push, sent only after the commit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushResponse {
     /// One result per pushed op, in the pushed order.
     pub results: Vec<OpResult>,
@@ -138,7 +151,7 @@ pub struct PushResponse {
 }
 
 /// One op as the server stores and serves it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Op {
     /// Its place in the user's log.
     pub seq: Seq,
@@ -166,7 +179,7 @@ pub struct Op {
 }
 
 /// `GET /v1/ops?since=N&limit=L`: one page of the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PullResponse {
     /// Ops with seq > since, in seq order, without gaps.
     pub ops: Vec<Op>,
@@ -183,7 +196,7 @@ pub struct PullResponse {
 }
 
 /// `POST /v1/ack`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AckRequest {
     /// The device (defaults to the token's device).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -193,7 +206,7 @@ pub struct AckRequest {
 }
 
 /// The answer to an ack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AckResponse {
     /// The device.
     pub device: DeviceId,
@@ -204,7 +217,7 @@ pub struct AckResponse {
 }
 
 /// A device in `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceStatus {
     /// Its name.
     pub id: String,
@@ -217,7 +230,7 @@ pub struct DeviceStatus {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     /// The token's user.
     pub user: String,
@@ -240,10 +253,17 @@ pub struct StatusResponse {
     /// Entities whose last op is a `del`, still remembered (until their TTL).
     #[serde(default)]
     pub tombstones: i64,
+    /// Payload bytes of the user's stored ops: what counts against the quota.
+    #[serde(default)]
+    pub stored_bytes: i64,
+    /// The user's storage quota in bytes (absent: unlimited). A push that would
+    /// take `stored_bytes` past it is refused with `507 quota_exceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<i64>,
 }
 
 /// A stored snapshot, as `PUT /v1/snapshot` answers and `GET /v1/status` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotInfo {
     /// The seq it covers: the state after applying ops 1..=seq.
     pub seq: Seq,
@@ -265,7 +285,7 @@ impl SnapshotInfo {
 }
 
 /// The answer to `DELETE /v1/account`: what was removed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AccountDeleted {
     /// The user.
     pub user: String,
@@ -280,7 +300,7 @@ pub struct AccountDeleted {
 }
 
 /// One per-entity conflict in an `entity_conflict` error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntityConflict {
     /// The refused op.
     pub id: OpId,
@@ -294,9 +314,10 @@ pub struct EntityConflict {
 
 /// Every error body: a stable code to branch on and a message for humans, plus
 /// details for some codes (`head`, `ids`, `conflicts`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable snake_case code (see docs/protocol.md).
+    #[schema(value_type = crate::error::ErrorCode)]
     pub error: String,
     /// What went wrong, for humans.
     pub message: String,
@@ -315,6 +336,10 @@ pub struct ErrorBody {
     /// The latest snapshot's seq, for `resync_required` (absent: there is none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_seq: Option<Seq>,
+    /// For `rate_limited`: how long to wait before the same request would pass,
+    /// milliseconds (the `Retry-After` header rounds it up to whole seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -238,11 +238,17 @@ impl Server {
 
     /// Waits for `opsync is listening on URL`; returns the URL.
     fn wait_for_url(&mut self) -> String {
+        self.wait_for_scheme("http")
+    }
+
+    /// Waits for `opsync is listening on SCHEME://127.0.0.1:PORT`; returns the URL.
+    fn wait_for_scheme(&mut self, scheme: &str) -> String {
         const PREFIX: &str = "opsync is listening on ";
         let line = self.wait_for("the listening line", |l| l.starts_with(PREFIX));
         let url = line[PREFIX.len()..].trim().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "unexpected address in {line:?}");
-        let port: u16 = url["http://127.0.0.1:".len()..].parse().expect("the listening line names a port");
+        let expected = format!("{scheme}://127.0.0.1:");
+        assert!(url.starts_with(&expected), "unexpected address in {line:?}");
+        let port: u16 = url[expected.len()..].parse().expect("the listening line names a port");
         assert_ne!(port, 0, "the server must print the port it actually bound");
         url
     }
@@ -527,4 +533,123 @@ fn migrate_on_both_backends() {
     let on_sqlite = ok(cwd, &["token", "inspect", &token]);
     assert_eq!(revocation_ids(&on_sqlite), vec![(id, false)], "and not in the local SQLite file:\n{on_sqlite}");
     drop(pg);
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    (cert_file, key_file, cert.cert.der().to_vec())
+}
+
+/// An HTTP client that trusts exactly `ca_der`.
+fn trusting(ca_der: Vec<u8>) -> awc::Client {
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(ca_der)).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(Arc::new(config)))
+        .timeout(Duration::from_secs(20))
+        .finish()
+}
+
+#[actix_web::test]
+async fn serve_speaks_https_and_wss_with_a_certificate() {
+    use opsync::client::ws::{self, Received};
+    use opsync::realtime::messages::{ClientMsg, ServerMsg};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca) = self_signed(dir.path());
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let mut server = Server::start(dir.path(), &["--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key]);
+    let url = server.wait_for_scheme("https");
+    let token = exported_token(&server.wait_for("the first token", |l| l.contains("export OPSYNC_TOKEN='")));
+    let http = trusting(ca);
+
+    // A WebSocket over TLS receives what an HTTPS push commits.
+    let mut conn = ws::open_on(&http, &url, Some(&token), None).await.unwrap();
+    conn.send(&ClientMsg::Hello { token: None, device: None, since: Some(0) }).await.unwrap();
+    assert!(matches!(conn.recv_msg().await.unwrap(), ServerMsg::Welcome { .. }));
+    let client = Client::with_http(http.clone(), url.clone(), token.clone());
+    let first = op(b"over tls");
+    let pushed = client.push(&push_of(vec![first.clone()])).await.unwrap();
+    assert_eq!(pushed.head, 1);
+    match conn.recv().await.unwrap() {
+        Received::Msg(ServerMsg::Ops { ops, .. }) => assert_eq!(ops[0].id, first.id),
+        other => panic!("expected the pushed op over wss, got {other:?}"),
+    }
+    assert_eq!(client.pull(0, None).await.unwrap().ops.len(), 1);
+
+    // A client that does not trust the certificate gets no answer, and plain
+    // HTTP on the TLS port is not served.
+    let untrusting = Client::new(url.clone(), token.clone());
+    assert!(matches!(untrusting.pull(0, None).await, Err(ClientError::Transport(_))));
+    let plain = Client::new(url.replacen("https", "http", 1), token);
+    assert!(plain.pull(0, None).await.is_err(), "plain HTTP on the TLS port must fail");
+}
+
+#[test]
+fn tls_needs_both_files_and_a_matching_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = self_signed(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, other_key, _) = self_signed(other.path());
+
+    let mut only_cert = opsync(dir.path());
+    only_cert.args(["--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "serve"]);
+    let r = ran(only_cert);
+    assert!(!r.ok && r.stderr.contains("tls_cert and tls_key go together"), "{}", r.stderr);
+
+    let mut mismatched = opsync(dir.path());
+    mismatched.args(["--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap()]);
+    mismatched.args(["--tls-key", other_key.to_str().unwrap(), "serve"]);
+    let r = ran(mismatched);
+    assert!(!r.ok && r.stderr.contains("certificate and key cannot be used"), "{}", r.stderr);
+    drop(key);
+}
+
+#[actix_web::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    use opsync::client::ws::{self, Received};
+    use opsync::realtime::messages::{ClientMsg, ServerMsg};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &["--listen", "127.0.0.1:0"]);
+    let url = server.wait_for_url();
+    let token = exported_token(&server.wait_for("the first token", |l| l.contains("export OPSYNC_TOKEN='")));
+    let mut conn = ws::open_on(&awc::Client::default(), &url, Some(&token), None).await.unwrap();
+    conn.send(&ClientMsg::Hello { token: None, device: None, since: Some(0) }).await.unwrap();
+    assert!(matches!(conn.recv_msg().await.unwrap(), ServerMsg::Welcome { .. }));
+
+    let pid = server.guard.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let closed = actix_web::rt::time::timeout(DEADLINE, async {
+        loop {
+            match conn.recv().await {
+                Ok(Received::Closed(code, _)) => return code,
+                Ok(_) => continue,
+                Err(e) => panic!("the socket failed instead of closing: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the socket");
+    assert_eq!(closed, Some(1001), "going away");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < DEADLINE, "the server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "a SIGTERM stop is a clean exit: {status:?}");
 }

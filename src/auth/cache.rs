@@ -37,9 +37,16 @@ fn slot(op: Operation) -> usize {
 }
 
 /// Successful authorizations by token.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(super) struct AuthCache {
     entries: Arc<Mutex<HashMap<Box<str>, Entry>>>,
+    ttl: Duration,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        Self { entries: Arc::default(), ttl: TTL }
+    }
 }
 
 impl AuthCache {
@@ -66,13 +73,52 @@ impl AuthCache {
                 entries.clear();
             }
         }
-        let entry = entries.entry(Box::from(token)).or_insert_with(|| Entry {
+        let now = Instant::now();
+        let fresh = Entry {
             principal: principal.clone(),
             revocation_ids,
             expires_at,
-            fresh_until: Instant::now() + TTL,
+            fresh_until: now + self.ttl,
             granted: [false; 3],
-        });
+        };
+        // A stale entry is replaced, not kept: kept, it would never be fresh again
+        // and every later request would pay the full check.
+        let entry = match entries.entry(Box::from(token)) {
+            std::collections::hash_map::Entry::Occupied(o) if o.get().fresh_until > now => o.into_mut(),
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let entry = o.into_mut();
+                *entry = fresh;
+                entry
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(fresh),
+        };
         entry.granted[slot(op)] = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::UserId;
+
+    fn principal() -> Principal {
+        Principal {
+            user: UserId::new("u").unwrap_or_else(|_| unreachable!()),
+            device: None,
+            expires_at: Some(SystemTime::now() + Duration::from_secs(3600)),
+        }
+    }
+
+    #[test]
+    fn a_stale_entry_is_refreshed_by_the_next_full_check() {
+        let cache = AuthCache { entries: Arc::default(), ttl: Duration::from_millis(30) };
+        let p = principal();
+        cache.put("t", Operation::Read, &p, vec![]);
+        assert!(cache.get("t", Operation::Read, |_| false).is_some());
+        assert!(cache.get("t", Operation::Write, |_| false).is_none(), "only what was authorized");
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(cache.get("t", Operation::Read, |_| false).is_none(), "stale: verify in full");
+        cache.put("t", Operation::Read, &p, vec![]);
+        assert!(cache.get("t", Operation::Read, |_| false).is_some(), "the full check made it fresh again");
     }
 }

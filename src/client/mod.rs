@@ -68,6 +68,12 @@ impl Client {
         Self { http, base: base.into().trim_end_matches('/').to_owned(), token: token.into(), format: Format::Json }
     }
 
+    /// A JSON client that sends its requests through `http` (e.g. one whose
+    /// connector trusts a private certificate authority, for `https://` servers).
+    pub fn with_http(http: awc::Client, base: impl Into<String>, token: impl Into<String>) -> Self {
+        Self { http, base: base.into().trim_end_matches('/').to_owned(), token: token.into(), format: Format::Json }
+    }
+
     /// The same client speaking MessagePack.
     pub fn msgpack(mut self) -> Self {
         self.format = Format::Msgpack;

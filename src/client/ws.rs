@@ -56,8 +56,18 @@ pub async fn open(base: &str, token: &str, token_in: TokenIn) -> Result<WsConn, 
 
 /// Opens `GET /v1/ws` with an optional subprotocol token and Origin header.
 pub async fn open_with(base: &str, token: Option<&str>, origin: Option<&str>) -> Result<WsConn, ClientError> {
-    let url = format!("{}/v1/ws", base.trim_end_matches('/').replacen("http", "ws", 1));
     let http = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+    open_on(&http, base, token, origin).await
+}
+
+/// Like [`open_with`], through `http` (`https://` bases become `wss://`).
+pub async fn open_on(
+    http: &awc::Client,
+    base: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> Result<WsConn, ClientError> {
+    let url = format!("{}/v1/ws", base.trim_end_matches('/').replacen("http", "ws", 1));
     let mut protocols = vec![SUBPROTOCOL.to_owned()];
     if let Some(token) = token {
         protocols.push(format!("{BEARER_PREFIX}{}", token.trim_end_matches('=')));
@@ -84,6 +94,7 @@ fn rejected(status: awc::http::StatusCode) -> crate::protocol::ErrorBody {
         conflicts: None,
         horizon: None,
         snapshot_seq: None,
+        retry_after_ms: None,
     }
 }
 

@@ -72,6 +72,8 @@ pub(crate) struct UserState {
     pub horizon: i64,
     /// The latest snapshot's seq (0: none).
     pub snapshot_seq: i64,
+    /// Op payload bytes the user stores (what the quota limits).
+    pub stored_bytes: i64,
 }
 
 /// [`lock_user`], returning the whole state of the user's log in the same statement.
@@ -81,9 +83,9 @@ pub(crate) fn lock_user_state(conn: &mut DbConn, user: &str, now: i64) -> QueryR
         .on_conflict(users::id)
         .do_update()
         .set(users::head.eq(users::head))
-        .returning((users::head, users::horizon, users::snapshot_seq));
-    let (head, horizon, snapshot_seq) = on_backend!(conn, |c| query.get_result(c))?;
-    Ok(UserState { head, horizon, snapshot_seq })
+        .returning((users::head, users::horizon, users::snapshot_seq, users::stored_bytes));
+    let (head, horizon, snapshot_seq, stored_bytes) = on_backend!(conn, |c| query.get_result(c))?;
+    Ok(UserState { head, horizon, snapshot_seq, stored_bytes })
 }
 
 /// Starts a read-only transaction that sees one consistent state of the database

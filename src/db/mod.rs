@@ -7,6 +7,8 @@ pub mod dialect;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -176,8 +178,38 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for Configure {
     }
 }
 
-/// Opens a pool of `size` connections.
-pub fn pool(url: &DbUrl, size: u32, timeout: Duration) -> Result<DbPool, DbError> {
+/// Whether the database has been failing lately: the time of the last failed
+/// connection attempt or health check of a pool, so requests can answer 503 at once
+/// instead of waiting out the pool's timeout while the database is down.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<AtomicU64>);
+
+impl Health {
+    /// Records a failure now.
+    pub fn failed(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether a failure was recorded within `window`.
+    pub fn failing(&self, window: Duration) -> bool {
+        let last = self.0.load(Ordering::Relaxed);
+        last != 0 && now_ms().saturating_sub(last) <= window.as_millis() as u64
+    }
+}
+
+impl r2d2::HandleError<diesel::r2d2::Error> for Health {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "database connection failed");
+        self.failed();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Opens a pool of `size` connections; its connection failures go to `health`.
+pub fn pool(url: &DbUrl, size: u32, timeout: Duration, health: &Health) -> Result<DbPool, DbError> {
     if url.backend == Backend::Sqlite {
         // Create the directory before the pool opens the file.
         drop(connect(url)?);
@@ -192,6 +224,7 @@ pub fn pool(url: &DbUrl, size: u32, timeout: Duration) -> Result<DbPool, DbError
         // when checked out and replaced if dead. A SQLite connection cannot die.
         .test_on_check_out(url.backend == Backend::Postgres)
         .connection_customizer(Box::new(Configure))
+        .error_handler(Box::new(health.clone()))
         .build(manager)?;
     Ok(pool)
 }

@@ -10,6 +10,7 @@ diesel::table! {
         created_at -> BigInt,
         horizon -> BigInt,
         snapshot_seq -> BigInt,
+        stored_bytes -> BigInt,
     }
 }
 
@@ -64,6 +65,11 @@ diesel::table! {
         content_type -> Text,
         data -> Binary,
     }
+}
+
+diesel::define_sql_function! {
+    /// The size of a byte string in bytes (`length` of a SQLite blob or a Postgres bytea).
+    fn length(x: diesel::sql_types::Binary) -> diesel::sql_types::Integer;
 }
 
 diesel::allow_tables_to_appear_in_same_query!(users, ops, entities, devices, revoked_tokens, snapshots);

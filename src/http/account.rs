@@ -16,6 +16,16 @@ pub fn resource() -> actix_web::Resource {
 
 /// `DELETE /v1/account`: removes the token's user's ops, snapshots, devices and
 /// tombstones (through [`crate::log::Log::delete_user`]).
+#[utoipa::path(
+    delete, path = "/v1/account", tag = "account",
+    description = "Deletes everything the server holds for the token's user: ops, snapshots, devices, \
+        tombstones. The user's open WebSockets are closed with 4010 on every node.",
+    responses(
+        (status = 200, description = "What was deleted.", body = crate::protocol::AccountDeleted),
+        (status = "default", description = super::openapi::ERROR, body = crate::protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn delete(req: HttpRequest, auth: Auth<Write>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let user = auth.principal.user;
     let deleted = state.log.delete_user(user.clone()).await?;

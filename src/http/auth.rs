@@ -1,5 +1,11 @@
 //! The request-side of authorization: the bearer token, checked by
 //! [`crate::auth::Verifier::authorize`] for the right the handler declares.
+//!
+//! A request whose token is missing, invalid, expired or revoked is charged to
+//! its client address ([`crate::limits::RateLimiter::auth_failed`]); an address
+//! over that budget gets `429 rate_limited` instead of the 401. Valid tokens are
+//! always served, so clients behind the same address (a NAT) are not locked out
+//! by a neighbour's failures.
 
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
@@ -69,6 +75,27 @@ impl<R: Right> FromRequest for Auth<R> {
 
 fn authorize(req: &HttpRequest, op: Operation) -> Result<Principal, ApiError> {
     let state = req.app_data::<web::Data<AppState>>().ok_or_else(|| ApiError::internal("application state missing"))?;
+    verify(req, state, op).map_err(|e| charge_failure(req, state, e))
+}
+
+/// The client's address, as the rate limits see it (see `rate_limits.trusted_proxies`).
+pub fn client_ip(req: &HttpRequest, state: &AppState) -> Option<std::net::IpAddr> {
+    state.limits.client_ip(req.peer_addr().map(|a| a.ip()), req.headers())
+}
+
+/// A failed authentication (401) is charged to the client's address: past its
+/// budget, the answer becomes `429 rate_limited`. Other errors pass unchanged.
+pub fn charge_failure(req: &HttpRequest, state: &AppState, e: ApiError) -> ApiError {
+    if !matches!(e.code(), ErrorCode::InvalidToken | ErrorCode::TokenExpired | ErrorCode::TokenRevoked) {
+        return e;
+    }
+    match state.limits.auth_failed(client_ip(req, state)) {
+        Ok(()) => e,
+        Err(limited) => limited.into(),
+    }
+}
+
+fn verify(req: &HttpRequest, state: &AppState, op: Operation) -> Result<Principal, ApiError> {
     let value = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -4,6 +4,7 @@ pub mod account;
 pub mod assets;
 pub mod auth;
 pub mod body;
+pub mod openapi;
 pub mod snapshot;
 pub mod ws;
 
@@ -14,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use self::auth::{Admin, Auth, Read, Write};
 use self::body::Format;
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorCode};
 use crate::log::Push;
-use crate::protocol::{AckRequest, PushRequest};
+use crate::protocol::{AckRequest, AckResponse, ErrorBody, PullResponse, PushRequest, PushResponse, StatusResponse};
 
 /// The default page size of a pull.
 pub const DEFAULT_PAGE_OPS: usize = 1000;
@@ -27,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/metrics").get(metrics).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/v1/openapi.json").get(openapi::serve).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ops").post(push).get(pull).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ws").get(ws::connect).default_service(web::to(method_not_allowed)))
         .service(web::resource("/v1/ack").post(ack).default_service(web::to(method_not_allowed)))
@@ -47,15 +50,35 @@ async fn decode_body<T: serde::de::DeserializeOwned>(
     Ok((format, body::decode(format, &bytes)?))
 }
 
-/// `POST /v1/ops`: append ops; answered after the commit.
+/// `POST /v1/ops`: append ops; answered after the commit. A client over its rate
+/// limit is refused before its body is read when that is already clear, and
+/// otherwise once the body says how many ops and bytes it carries.
+#[utoipa::path(
+    post, path = "/v1/ops", tag = "log",
+    description = "Appends a batch of ops atomically; answered after the commit with each op's seq \
+        (`duplicate` with its original seq for an id already stored).",
+    request_body(content(
+        (PushRequest = "application/json"),
+        (PushRequest = "application/msgpack"),
+    )),
+    responses(
+        (status = 200, description = "Stored (or already stored): every op's seq and the new head.", body = PushResponse),
+        (status = "default", description = openapi::ERROR, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn push(
     req: HttpRequest,
     payload: web::Payload,
     auth: Auth<Write>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let user = &auth.principal.user;
+    state.limits.push_limited(user, auth.principal.device.as_ref())?;
     let (format, request): (_, PushRequest) = decode_body(&req, payload, state.log.limits().max_body_bytes).await?;
     let device = auth.device(request.device)?;
+    let bytes = request.ops.iter().map(|op| op.payload.0.len()).sum();
+    state.limits.check_push(user, device.as_ref(), request.ops.len(), bytes)?;
     let push = Push {
         user: auth.principal.user,
         device,
@@ -69,18 +92,38 @@ async fn push(
 }
 
 /// The query of `GET /v1/ops`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PullQuery {
+    /// Ops after this seq (0: from the start).
     #[serde(default)]
+    #[param(minimum = 0, required = false)]
     since: i64,
+    /// Most ops in the page (the server caps it at `limits.max_page_ops`).
+    #[param(minimum = 1)]
     limit: Option<usize>,
-    /// Long-poll: hold the request up to this many seconds for a commit.
+    /// Long-poll: hold the request up to this many seconds for a commit
+    /// (at most `realtime.max_wait_secs`, 30 by default).
     #[serde(default)]
+    #[param(minimum = 0, required = false)]
     wait: u64,
 }
 
 /// `GET /v1/ops?since=N&limit=L[&wait=S]`: one page of the log. With `wait`, an
 /// empty page is held until a commit of the user (on any node) or S seconds.
+#[utoipa::path(
+    get, path = "/v1/ops", tag = "log",
+    description = "One page of the log after `since`, with the head and whether more follow. \
+        With `wait`, an empty page is held until a commit or the timeout.",
+    params(PullQuery),
+    responses(
+        (status = 200, description = "A page of ops, in seq order.", body = PullResponse),
+        (status = 410, description = "`resync_required`: `since` is below the retention horizon; \
+            bootstrap from the snapshot.", body = ErrorBody),
+        (status = "default", description = openapi::ERROR, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn pull(
     req: HttpRequest,
     query: web::Query<PullQuery>,
@@ -98,11 +141,11 @@ async fn pull(
         return Err(ApiError::new(ErrorCode::InvalidQuery, format!("wait must be at most {max_wait} seconds")));
     }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE_OPS);
-    let user = auth.principal.user;
+    let Principal { user, device, .. } = auth.principal;
     let page = if query.wait == 0 {
         state.log.pull(user, query.since, limit).await?
     } else {
-        long_poll(&state, user, query.since, limit, std::time::Duration::from_secs(query.wait)).await?
+        long_poll(&state, user, device, query.since, limit, std::time::Duration::from_secs(query.wait)).await?
     };
     body::respond(Format::for_response(req.headers(), None), StatusCode::OK, &page)
 }
@@ -110,26 +153,46 @@ async fn pull(
 /// A page after `since`, waiting up to `wait` for one to exist. The watch is
 /// registered before each read: a commit after it fires the watch, one before it is
 /// in the read. A wake-up with nothing new (a refresh after a listener reconnect)
-/// just waits again.
+/// just waits again. A poll that has to wait counts as a connect of its user and
+/// device (a rate limit); one answered at once is a plain pull.
 async fn long_poll(
     state: &AppState,
     user: crate::ids::UserId,
+    device: Option<crate::ids::DeviceId>,
     since: i64,
     limit: usize,
     wait: std::time::Duration,
 ) -> Result<crate::protocol::PullResponse, ApiError> {
     let deadline = std::time::Instant::now() + wait;
+    let mut charged = false;
     loop {
         let mut watch = state.realtime.watch(&user).await.map_err(ApiError::unavailable)?;
         let page = state.log.pull(user.clone(), since, limit).await?;
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if !page.ops.is_empty() || left.is_zero() || !watch.wait(left).await {
+        if !page.ops.is_empty() || left.is_zero() {
+            return Ok(page);
+        }
+        if !charged {
+            state.limits.check_connect(&user, device.as_ref())?;
+            charged = true;
+        }
+        if !watch.wait(left).await {
             return Ok(page);
         }
     }
 }
 
 /// `POST /v1/ack`: a device's cursor.
+#[utoipa::path(
+    post, path = "/v1/ack", tag = "log",
+    description = "Records how far a device has applied the log.",
+    request_body(content((AckRequest = "application/json"), (AckRequest = "application/msgpack"))),
+    responses(
+        (status = 200, description = "The device's cursor.", body = AckResponse),
+        (status = "default", description = openapi::ERROR, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn ack(
     req: HttpRequest,
     payload: web::Payload,
@@ -145,13 +208,22 @@ async fn ack(
 }
 
 /// `GET /v1/status`: head and devices.
+#[utoipa::path(
+    get, path = "/v1/status", tag = "log",
+    description = "The user's head, devices and their cursors, horizon and latest snapshot.",
+    responses(
+        (status = 200, description = "The user's log at a glance.", body = StatusResponse),
+        (status = "default", description = openapi::ERROR, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn status(req: HttpRequest, auth: Auth<Read>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let status = state.log.status(auth.principal.user).await?;
     body::respond(Format::for_response(req.headers(), None), StatusCode::OK, &status)
 }
 
 /// The body of `POST /v1/admin/revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct RevokeRequest {
     /// Tokens to revoke (each with every token attenuated from it, but not the
     /// token it was itself attenuated from).
@@ -162,13 +234,26 @@ struct RevokeRequest {
     ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer of `POST /v1/admin/revoke`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RevokeResponse {
+    /// The revocation ids now revoked (hex).
     revoked: Vec<String>,
 }
 
 /// `POST /v1/admin/revoke`: revoke tokens or ids, at once on this node and within
 /// a second on the others.
+#[utoipa::path(
+    post, path = "/v1/admin/revoke", tag = "admin",
+    description = "Revokes tokens (each with every token attenuated from it) or revocation ids. \
+        Needs an admin token.",
+    request_body(content((RevokeRequest = "application/json"), (RevokeRequest = "application/msgpack"))),
+    responses(
+        (status = 200, description = "What is now revoked.", body = RevokeResponse),
+        (status = "default", description = openapi::ERROR, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn revoke(
     req: HttpRequest,
     payload: web::Payload,
@@ -200,25 +285,51 @@ async fn revoke(
     body::respond(Format::for_response(req.headers(), Some(format)), StatusCode::OK, &RevokeResponse { revoked: ids })
 }
 
+/// The body of `/healthz` and `/readyz`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok` (healthz) or `ready` (readyz).
+    status: &'static str,
+}
+
 /// `GET /healthz`: the process is up.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    description = "The process is up (no database access).",
+    responses((status = 200, description = "Up.", body = Health)),
+)]
 async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// `GET /readyz`: the database answers.
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations",
+    description = "The database answers: take the node out of rotation while this is 503.",
+    responses(
+        (status = 200, description = "Ready.", body = Health),
+        (status = 503, description = "`unavailable`: the database does not answer.", body = ErrorBody),
+    ),
+)]
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.log.ready().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(Health { status: "ready" }))
 }
 
 /// `GET /metrics`: counters and latency histograms in the Prometheus text format.
 /// Counts only, no user data; still, expose it to your monitoring network only.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    description = "Counters and latency histograms in the Prometheus text format (docs/protocol.md lists them).",
+    responses((status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain")),
+)]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = crate::metrics::Snapshot {
         log: state.log.writer_stats(),
         realtime: state.realtime.stats(),
         pool: state.log.pool_state(),
         write_queue: state.log.write_queue(),
+        limits: state.limits.stats(),
     };
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(snapshot.render())
 }

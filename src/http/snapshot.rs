@@ -31,13 +31,30 @@ pub fn resource() -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct PutQuery {
+    /// The seq the snapshot covers (required; at most the head, not below the horizon).
+    #[param(required = true, minimum = 0)]
     seq: Option<Seq>,
+    /// The SHA-256 of the body, 64 hex digits: the upload is refused if it differs.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
     sha256: Option<String>,
 }
 
 /// `PUT /v1/snapshot?seq=S[&sha256=HEX]`: the body is the snapshot, stored as is.
+#[utoipa::path(
+    put, path = "/v1/snapshot", tag = "snapshots",
+    description = "Uploads an opaque snapshot of the user's state as of `seq`. The body is stored as is, \
+        with its Content-Type; at most `limits.max_snapshot_bytes`.",
+    params(PutQuery),
+    request_body(content = super::openapi::Binary, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored.", body = SnapshotInfo),
+        (status = "default", description = super::openapi::ERROR, body = crate::protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put(
     req: HttpRequest,
     query: web::Query<PutQuery>,
@@ -126,13 +143,29 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(text.to_owned())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct GetQuery {
+    /// The latest snapshot at or before this seq (default: the latest).
+    #[param(minimum = 0)]
     at_or_before: Option<Seq>,
 }
 
 /// `GET /v1/snapshot[?at_or_before=S]`: the latest snapshot (or the latest at or
 /// before S); 304 when If-None-Match names it.
+#[utoipa::path(
+    method(get, head), path = "/v1/snapshot", tag = "snapshots",
+    description = "Downloads the latest snapshot (or the latest at or before `at_or_before`), with its seq \
+        in `X-Opsync-Snapshot-Seq`, its SHA-256 in `X-Opsync-Snapshot-Sha256` and an ETag.",
+    params(GetQuery),
+    responses(
+        (status = 200, description = "The snapshot's bytes, with the Content-Type it was uploaded with.",
+            body = super::openapi::Binary, content_type = "application/octet-stream"),
+        (status = 304, description = "`If-None-Match` names the snapshot."),
+        (status = "default", description = super::openapi::ERROR, body = crate::protocol::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get(
     req: HttpRequest,
     query: web::Query<GetQuery>,

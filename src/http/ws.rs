@@ -35,6 +35,7 @@ use crate::auth::{AuthError, Operation, Principal};
 use crate::error::{ApiError, ErrorCode};
 use crate::http::body::{self, Format};
 use crate::ids::{DeviceId, Seq, UserId};
+use crate::limits::SessionSlot;
 use crate::log::{LogError, Push};
 use crate::protocol::{OpStatus, PushResponse};
 use crate::realtime::messages::{BEARER_PREFIX, ClientMsg, Envelope, ResyncReason, SUBPROTOCOL, ServerMsg, VERSION};
@@ -47,6 +48,9 @@ const CATCH_UP_PAGE: usize = 1000;
 /// A session that falls behind this often within [`LAG_WINDOW`] is closed.
 const MAX_LAGS: usize = 3;
 const LAG_WINDOW: Duration = Duration::from_secs(60);
+/// A session whose pushes a rate limit refuses this many times in a row (the
+/// client ignores `retry_after_ms`) is closed with 4029.
+pub const MAX_REFUSED_PUSHES: u32 = 100;
 
 /// Close codes (see docs/protocol.md).
 mod close {
@@ -62,6 +66,7 @@ mod close {
     pub const IDLE: CloseOrder = CloseOrder { code: 4011, reason: "idle_timeout" };
     pub const RESYNC_REQUIRED: CloseOrder = CloseOrder { code: 4012, reason: "resync_required" };
     pub const SINCE_BEYOND_HEAD: CloseOrder = CloseOrder { code: 4013, reason: "since_beyond_head" };
+    pub const RATE_LIMITED: CloseOrder = CloseOrder { code: 4029, reason: "rate_limited" };
     pub const TOO_BIG: CloseOrder = CloseOrder { code: 1009, reason: "frame_too_large" };
     pub const BAD_FRAMING: CloseOrder = CloseOrder { code: 1002, reason: "protocol_error" };
     pub const UNAVAILABLE: CloseOrder = CloseOrder { code: 1013, reason: "unavailable" };
@@ -78,7 +83,20 @@ enum End {
 type Flow = Result<(), End>;
 
 /// `GET /v1/ws`: checks the Origin and any token offered in the subprotocol header
-/// (so a bad one gets a plain HTTP error), then upgrades.
+/// (so a bad one gets a plain HTTP error), then upgrades. With an offered token the
+/// rate limits answer here too (`429`): the user's session cap, and a connect rate
+/// already spent. Without one, an address over its budget of failed
+/// authentications is refused before the upgrade.
+#[utoipa::path(
+    get, path = "/v1/ws", tag = "realtime",
+    description = "Opens a WebSocket (subprotocol `opsync.v1`; the token as `bearer.TOKEN` in \
+        `Sec-WebSocket-Protocol` or in the first `hello` message). The messages are MessagePack maps \
+        described in docs/protocol.md. A request without an upgrade gets 426 `upgrade_required`.",
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = "default", description = super::openapi::ERROR, body = crate::protocol::ErrorBody),
+    ),
+)]
 pub async fn connect(
     req: HttpRequest,
     payload: web::Payload,
@@ -86,17 +104,38 @@ pub async fn connect(
 ) -> Result<HttpResponse, ApiError> {
     let config = state.realtime.config();
     check_origin(&req, &config.allowed_origins)?;
-    let offered = offered_token(&req)?;
-    if let Some(token) = &offered {
-        state.verifier.authorize(token, Operation::Read)?;
-    }
+    let ip = super::auth::client_ip(&req, &state);
+    let offered = offered_token(&req).map_err(|e| super::auth::charge_failure(&req, &state, e))?;
+    let slot = match &offered {
+        Some(token) => {
+            let principal = state
+                .verifier
+                .authorize(token, Operation::Read)
+                .map_err(|e| super::auth::charge_failure(&req, &state, e.into()))?;
+            state.limits.connect_limited(&principal.user, principal.device.as_ref())?;
+            Some(state.limits.open_session(&principal.user)?)
+        }
+        None => {
+            state.limits.unauthenticated_limited(ip)?;
+            None
+        }
+    };
     let (response, ws, stream) = actix_ws::handle_with_protocols(&req, payload, &[SUBPROTOCOL])
         .map_err(|e| ApiError::new(ErrorCode::UpgradeRequired, format!("a WebSocket upgrade is required: {e}")))?;
     let max = config.max_frame_bytes;
     let stream = stream.max_frame_size(max).aggregate_continuations().max_continuation_size(max);
     let id = state.realtime.next_id();
-    actix_web::rt::spawn(Session::run(state, ws, stream, offered, id));
+    let peer = Peer { ip, slot };
+    actix_web::rt::spawn(Session::run(state, ws, stream, offered, id, peer));
     Ok(response)
+}
+
+/// Who is connecting, as far as the rate limits care.
+struct Peer {
+    /// The client's address.
+    ip: Option<std::net::IpAddr>,
+    /// A session slot taken before the upgrade (an offered token named the user).
+    slot: Option<SessionSlot>,
 }
 
 /// Pages from other origins may not open sockets with the user's token unless the
@@ -176,6 +215,8 @@ struct Session {
     held: VecDeque<Held>,
     in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = PushResult>>>>,
     lags: VecDeque<Instant>,
+    /// Pushes a rate limit refused since the last one it let through.
+    refused: u32,
 }
 
 impl Session {
@@ -185,17 +226,29 @@ impl Session {
         mut stream: AggregatedMessageStream,
         offered: Option<String>,
         id: u64,
+        peer: Peer,
     ) {
         let config = state.realtime.config().clone();
         let hello = tokio::time::timeout(
             Duration::from_millis(config.hello_timeout_ms),
-            hello(&state, &mut ws, &mut stream, offered),
+            hello(&state, &mut ws, &mut stream, offered, peer.ip),
         )
         .await;
-        let end = match hello {
-            Err(_) => End::Close(close::HELLO_TIMEOUT),
-            Ok(Err(end)) => end,
-            Ok(Ok((token, principal, device, since))) => {
+        let admitted = match hello {
+            Err(_) => {
+                // A connection that never authenticates counts as a failure of its address.
+                let _ = state.limits.auth_failed(peer.ip);
+                Err(End::Close(close::HELLO_TIMEOUT))
+            }
+            Ok(Err(end)) => Err(end),
+            Ok(Ok((token, principal, device, since))) => admit(&state, &mut ws, peer.slot, &principal, device.as_ref())
+                .await
+                .map(|slot| (token, principal, device, since, slot)),
+        };
+        let end = match admitted {
+            Err(end) => end,
+            // The slot is held until the session ends.
+            Ok((token, principal, device, since, _slot)) => {
                 let mut session = Session {
                     state: state.clone(),
                     ws: ws.clone(),
@@ -209,6 +262,7 @@ impl Session {
                     held: VecDeque::new(),
                     in_flight: FuturesOrdered::new(),
                     lags: VecDeque::new(),
+                    refused: 0,
                 };
                 match session.serve(&mut stream).await {
                     Ok(()) => End::Gone,
@@ -238,6 +292,7 @@ impl Session {
                 head: Some(head),
                 ids: None,
                 conflicts: None,
+                retry_after_ms: None,
             })
             .await?;
             return Err(End::Close(close::SINCE_BEYOND_HEAD));
@@ -324,6 +379,16 @@ impl Session {
                 if let Err(e) = self.authorize(Operation::Write) {
                     return self.answer_now(id, ApiError::from(e)).await;
                 }
+                let bytes = ops.iter().map(|op| op.payload.0.len()).sum();
+                if let Err(limited) = self.state.limits.check_push(&self.user, self.device.as_ref(), ops.len(), bytes) {
+                    self.refused += 1;
+                    if self.refused >= MAX_REFUSED_PUSHES {
+                        tracing::info!(session = self.id, "the client keeps pushing over its rate limit; closing");
+                        return Err(End::Close(close::RATE_LIMITED));
+                    }
+                    return self.answer_now(id, ApiError::from(limited)).await;
+                }
+                self.refused = 0;
                 let push = Push {
                     user: self.user.clone(),
                     device: self.device.clone(),
@@ -580,6 +645,7 @@ async fn hello(
     ws: &mut actix_ws::Session,
     stream: &mut AggregatedMessageStream,
     offered: Option<String>,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<(String, Principal, Option<DeviceId>, Seq), End> {
     loop {
         let msg = match read(stream.next().await)? {
@@ -603,15 +669,13 @@ async fn hello(
         };
         let Some(token) = token.or_else(|| offered.clone()) else {
             let e = ApiError::new(ErrorCode::InvalidToken, "no token: offer bearer.TOKEN or put it in hello");
-            send_error(ws, &e).await?;
-            return Err(End::Close(close::INVALID_TOKEN));
+            return Err(refuse_hello(state, ws, ip, e, close::INVALID_TOKEN).await);
         };
         let principal = match state.verifier.authorize(&token, Operation::Read) {
             Ok(principal) => principal,
             Err(e) => {
                 let order = auth_close(&e);
-                send_error(ws, &ApiError::from(e)).await?;
-                return Err(End::Close(order));
+                return Err(refuse_hello(state, ws, ip, ApiError::from(e), order).await);
             }
         };
         let device = match (&principal.device, device) {
@@ -633,6 +697,50 @@ async fn hello(
             return Err(End::Close(close::PROTOCOL));
         }
         return Ok((token, principal, device, since));
+    }
+}
+
+/// A `hello` whose token failed: charged to the client's address; past its budget
+/// the answer is `rate_limited` and close 4029 instead.
+async fn refuse_hello(
+    state: &AppState,
+    ws: &mut actix_ws::Session,
+    ip: Option<std::net::IpAddr>,
+    e: ApiError,
+    order: CloseOrder,
+) -> End {
+    let (e, order) = match state.limits.auth_failed(ip) {
+        Ok(()) => (e, order),
+        Err(limited) => (ApiError::from(limited), close::RATE_LIMITED),
+    };
+    match send_error(ws, &e).await {
+        Ok(()) => End::Close(order),
+        Err(end) => end,
+    }
+}
+
+/// The rate limits' say on an authenticated `hello`: a session slot of the user
+/// (the one taken before the upgrade, if it is this user's) and a connect charged
+/// to the device and the user. A refusal is an `error` and close 4029.
+async fn admit(
+    state: &AppState,
+    ws: &mut actix_ws::Session,
+    slot: Option<SessionSlot>,
+    principal: &Principal,
+    device: Option<&DeviceId>,
+) -> Result<SessionSlot, End> {
+    let user = &principal.user;
+    let admitted = match slot {
+        Some(slot) if slot.user() == user => Ok(slot),
+        _ => state.limits.open_session(user),
+    }
+    .and_then(|slot| state.limits.check_connect(user, device).map(|()| slot));
+    match admitted {
+        Ok(slot) => Ok(slot),
+        Err(limited) => {
+            send_error(ws, &ApiError::from(limited)).await?;
+            Err(End::Close(close::RATE_LIMITED))
+        }
     }
 }
 

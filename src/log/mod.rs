@@ -13,13 +13,13 @@ pub mod transfer;
 mod validate;
 pub mod writer;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use retention::{Compacted, Retention};
 pub use sequencer::Rejection;
 pub use validate::{Invalid, Limits, validate_head, validate_push};
 
-use crate::db::{DbPool, PooledConn};
+use crate::db::{DbPool, Health, PooledConn};
 use crate::ids::{DeviceId, Seq, UserId};
 use crate::protocol::{
     AccountDeleted, AckResponse, NewOp, OnStale, Op, PullResponse, PushResponse, SnapshotInfo, StatusResponse,
@@ -91,6 +91,17 @@ pub enum LogError {
     /// No snapshot (at or before the seq asked for).
     #[error("no snapshot")]
     NoSnapshot,
+    /// The push's new ops would take the user's stored payloads over the quota;
+    /// nothing was stored.
+    #[error("the push needs {needed} more bytes; the user stores {stored} of a {quota}-byte quota")]
+    QuotaExceeded {
+        /// Payload bytes the user stores now.
+        stored: i64,
+        /// The quota.
+        quota: i64,
+        /// Payload bytes of the push's new ops.
+        needed: i64,
+    },
     /// The database cannot be reached (or the writer is gone); retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -163,6 +174,7 @@ fn push_result(answer: &Result<PushResponse, LogError>) -> crate::metrics::PushR
         Ok(_) => PushResult::Duplicate,
         Err(LogError::Rejected(_)) => PushResult::Rejected,
         Err(LogError::Invalid(_)) => PushResult::Invalid,
+        Err(LogError::QuotaExceeded { .. }) => PushResult::QuotaExceeded,
         Err(LogError::Unavailable(_)) => PushResult::Unavailable,
         Err(_) => PushResult::Failed,
     }
@@ -219,17 +231,31 @@ pub fn now_us() -> i64 {
 pub struct Log {
     writer: Writer,
     pool: DbPool,
+    health: Health,
     limits: Limits,
     retention: Retention,
 }
 
 /// How long a request waits for a pooled connection or for the writer's answer.
 const WAIT: Duration = Duration::from_secs(10);
+/// A wait for a pooled connection is cut into slices this long; between them, a
+/// request gives up at once if the database has been failing (503 in well under
+/// a second, not after `WAIT`). A busy but healthy pool is waited on in full.
+const WAIT_SLICE: Duration = Duration::from_millis(200);
+/// How recent a connection failure must be to count as "the database is down".
+const FAILING_WINDOW: Duration = Duration::from_secs(2);
 
 impl Log {
     /// A log over `pool`, writing through `writer`.
     pub fn new(writer: Writer, pool: DbPool, limits: Limits) -> Self {
-        Self { writer, pool, limits, retention: Retention::default() }
+        Self { writer, pool, health: Health::default(), limits, retention: Retention::default() }
+    }
+
+    /// The same log, answering 503 at once while `health` (the pool's connection
+    /// failures) says the database is down.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = health;
+        self
     }
 
     /// The same log with these snapshot and retention settings.
@@ -268,7 +294,8 @@ impl Log {
             metrics.push(crate::metrics::PushResult::Invalid);
             return Err(invalid.into());
         }
-        match self.writer.enqueue(|reply| Command::Push(push, reply)).await {
+        let quota = self.limits.quota();
+        match self.writer.enqueue(|reply| Command::Push(push, quota, reply)).await {
             Ok(pending) => Ok(PendingPush { pending, snapshot_every: self.retention.snapshot_every, metrics }),
             Err(e) => {
                 metrics.push(crate::metrics::PushResult::Unavailable);
@@ -362,9 +389,11 @@ impl Log {
         self.with_conn(move |conn| store::head(conn, &user).map_err(LogError::from)).await
     }
 
-    /// The user's head and devices.
+    /// The user's head and devices, and their storage against the quota.
     pub async fn status(&self, user: UserId) -> Result<StatusResponse, LogError> {
-        self.with_conn(move |conn| store::status(conn, &user)).await
+        let mut status = self.with_conn(move |conn| store::status(conn, &user)).await?;
+        status.quota_bytes = self.limits.quota();
+        Ok(status)
     }
 
     /// How the writers have merged commands into transactions so far.
@@ -401,8 +430,18 @@ impl Log {
         F: FnOnce(&mut PooledConn) -> Result<T, LogError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let health = self.health.clone();
         let job = actix_web::rt::task::spawn_blocking(move || {
-            let mut conn = pool.get_timeout(WAIT).map_err(|e| LogError::Unavailable(e.to_string()))?;
+            let deadline = Instant::now() + WAIT;
+            let mut conn = loop {
+                match pool.get_timeout(WAIT_SLICE) {
+                    Ok(conn) => break conn,
+                    Err(e) if Instant::now() >= deadline || health.failing(FAILING_WINDOW) => {
+                        return Err(LogError::Unavailable(e.to_string()));
+                    }
+                    Err(_) => {}
+                }
+            };
             f(&mut conn)
         });
         match job.await {

@@ -27,8 +27,9 @@ use super::LogError;
 use super::store::DEL_KIND;
 use crate::db::DbConn;
 use crate::db::dialect;
-use crate::db::schema::{entities, ops, users};
+use crate::db::schema::{entities, length, ops, users};
 use crate::ids::Seq;
+use diesel::dsl::sum;
 
 /// Snapshot and retention settings (the README's configuration table).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -214,13 +215,22 @@ pub fn compact_user(conn: &mut DbConn, user: &str, policy: &Retention, now: i64)
             policy.compact_entities,
         );
         let mut removed = 0u64;
+        // Payload bytes removed, taken off the user's quota usage.
+        let mut freed = 0i64;
         if let Some(end) = plan.prefix {
-            removed +=
-                diesel::delete(ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.le(end))).execute(conn)? as u64;
+            let prefix = ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.le(end));
+            freed += prefix.select(sum(length(ops::payload))).first::<Option<i64>>(conn)?.unwrap_or(0);
+            removed += diesel::delete(prefix).execute(conn)? as u64;
         }
         for chunk in plan.drop.chunks(DELETE_CHUNK) {
-            removed += diesel::delete(ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.eq_any(chunk)))
-                .execute(conn)? as u64;
+            let dropped = ops::table.filter(ops::user_id.eq(user)).filter(ops::seq.eq_any(chunk));
+            freed += dropped.clone().select(sum(length(ops::payload))).first::<Option<i64>>(conn)?.unwrap_or(0);
+            removed += diesel::delete(dropped).execute(conn)? as u64;
+        }
+        if freed > 0 {
+            diesel::update(users::table.find(user))
+                .set(users::stored_bytes.eq(users::stored_bytes - freed))
+                .execute(conn)?;
         }
         // Tombstones: those whose `del` was removed above, and (without per-entity
         // compaction) those past their TTL whose `del` a pruned prefix took.

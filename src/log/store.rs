@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 
-use super::sequencer::{self, Rejection, StoredOp};
+use super::sequencer::{self, StoredOp};
 use super::{LogError, Push};
 use crate::db::DbConn;
 use crate::db::dialect::{self, OpInsert};
@@ -53,9 +53,15 @@ impl TryFrom<OpRow> for Op {
 }
 
 /// Appends a push inside the caller's write transaction. The outer `QueryResult`
-/// fails on database errors (the caller rolls back); the inner one on a rejection,
-/// in which case nothing was written.
-pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Result<PushResponse, Rejection>> {
+/// fails on database errors (the caller rolls back); the inner one on a rejection
+/// or when the new ops' payloads would take the user past `quota` bytes, in which
+/// case nothing was written. Duplicates cost nothing, so a pure retry always passes.
+pub fn apply_push(
+    conn: &mut DbConn,
+    push: &Push,
+    quota: Option<i64>,
+    now: i64,
+) -> QueryResult<Result<PushResponse, LogError>> {
     let user = push.user.as_str();
     let state = dialect::lock_user_state(conn, user, now)?;
     let head = state.head;
@@ -88,8 +94,15 @@ pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Resul
 
     let plan = match sequencer::plan(head, &push.ops, push.expected_head, push.on_stale, &existing, &entity_seqs) {
         Ok(plan) => plan,
-        Err(rejection) => return Ok(Err(rejection)),
+        Err(rejection) => return Ok(Err(rejection.into())),
     };
+    let needed: i64 = plan.new.iter().map(|&i| push.ops[i].payload.0.len() as i64).sum();
+    if needed > 0
+        && let Some(quota) = quota
+        && state.stored_bytes.saturating_add(needed) > quota
+    {
+        return Ok(Err(LogError::QuotaExceeded { stored: state.stored_bytes, quota, needed }));
+    }
 
     if !plan.new.is_empty() {
         let device = push.device.as_ref().map(DeviceId::as_str);
@@ -125,7 +138,9 @@ pub fn apply_push(conn: &mut DbConn, push: &Push, now: i64) -> QueryResult<Resul
         }
         let last: Vec<(&str, Seq, Option<i64>)> = last.into_iter().map(|(e, (s, d))| (e, s, d)).collect();
         dialect::upsert_entities(conn, user, &last)?;
-        diesel::update(users::table.find(user)).set(users::head.eq(plan.head)).execute(conn)?;
+        diesel::update(users::table.find(user))
+            .set((users::head.eq(plan.head), users::stored_bytes.eq(users::stored_bytes + needed)))
+            .execute(conn)?;
     }
     if let Some(device) = &push.device {
         dialect::touch_device(conn, user, device.as_str(), now)?;
@@ -166,10 +181,13 @@ pub fn head(conn: &mut DbConn, user: &UserId) -> QueryResult<Seq> {
 
 /// A user's head, horizon and latest snapshot seq (zeros for a user with no row).
 pub(crate) fn user_state(conn: &mut DbConn, user: &str) -> QueryResult<dialect::UserState> {
-    let row: Option<(i64, i64, i64)> =
-        users::table.find(user).select((users::head, users::horizon, users::snapshot_seq)).first(conn).optional()?;
-    let (head, horizon, snapshot_seq) = row.unwrap_or_default();
-    Ok(dialect::UserState { head, horizon, snapshot_seq })
+    let row: Option<(i64, i64, i64, i64)> = users::table
+        .find(user)
+        .select((users::head, users::horizon, users::snapshot_seq, users::stored_bytes))
+        .first(conn)
+        .optional()?;
+    let (head, horizon, snapshot_seq, stored_bytes) = row.unwrap_or_default();
+    Ok(dialect::UserState { head, horizon, snapshot_seq, stored_bytes })
 }
 
 /// The error for a read from below the horizon.
@@ -290,6 +308,8 @@ pub fn status(conn: &mut DbConn, user: &UserId) -> Result<StatusResponse, LogErr
         snapshot,
         stale_devices,
         tombstones,
+        stored_bytes: state.stored_bytes,
+        quota_bytes: None,
     })
 }
 

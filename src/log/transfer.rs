@@ -591,6 +591,11 @@ impl<'c> Importer<'c> {
             })
             .collect();
         dialect::insert_ops(self.conn, &rows)?;
+        // The quota's usage, counted as a push counts it.
+        let bytes: i64 = self.ops.iter().map(|op| op.payload.0.len() as i64).sum();
+        diesel::update(users::table.find(&user))
+            .set(users::stored_bytes.eq(users::stored_bytes + bytes))
+            .execute(self.conn)?;
         self.ops.clear();
         Ok(())
     }

@@ -21,6 +21,15 @@ pub struct Limits {
     pub max_page_bytes: usize,
     /// Bytes of one snapshot.
     pub max_snapshot_bytes: usize,
+    /// Op payload bytes one user may store (0: unlimited).
+    pub quota_bytes: u64,
+}
+
+impl Limits {
+    /// The per-user storage quota in bytes, if there is one.
+    pub fn quota(&self) -> Option<i64> {
+        (self.quota_bytes > 0).then(|| i64::try_from(self.quota_bytes).unwrap_or(i64::MAX))
+    }
 }
 
 impl Default for Limits {
@@ -32,6 +41,7 @@ impl Default for Limits {
             max_page_ops: 10_000,
             max_page_bytes: 4 * 1024 * 1024,
             max_snapshot_bytes: 64 * 1024 * 1024,
+            quota_bytes: 1 << 30,
         }
     }
 }

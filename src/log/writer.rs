@@ -47,8 +47,8 @@ type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
 /// A write for the writer threads.
 pub(crate) enum Command {
-    /// Append ops.
-    Push(Push, Reply<PushResponse>),
+    /// Append ops, within the user's storage quota (bytes; `None`: unlimited).
+    Push(Push, Option<i64>, Reply<PushResponse>),
     /// Move a device's cursor.
     Ack {
         /// Whose.
@@ -74,7 +74,7 @@ pub(crate) enum Command {
 impl Command {
     fn user(&self) -> Option<&UserId> {
         match self {
-            Command::Push(push, _) => Some(&push.user),
+            Command::Push(push, _, _) => Some(&push.user),
             Command::Ack { user, .. } | Command::DeleteUser { user, .. } => Some(user),
             Command::Shutdown => None,
         }
@@ -82,7 +82,7 @@ impl Command {
 
     fn weight(&self) -> usize {
         match self {
-            Command::Push(push, _) => push.ops.len(),
+            Command::Push(push, _, _) => push.ops.len(),
             _ => 1,
         }
     }
@@ -90,7 +90,7 @@ impl Command {
     /// Applies the command inside the open transaction.
     fn apply(&self, conn: &mut DbConn, now: i64) -> Result<Outcome, DieselError> {
         Ok(match self {
-            Command::Push(push, _) => Outcome::Push(store::apply_push(conn, push, now)?.map_err(LogError::from)),
+            Command::Push(push, quota, _) => Outcome::Push(store::apply_push(conn, push, *quota, now)?),
             Command::Ack { user, device, seq, .. } => Outcome::Ack(store::apply_ack(conn, user, device, *seq, now)?),
             Command::DeleteUser { user, .. } => Outcome::DeleteUser(store::apply_delete_user(conn, user, now)?),
             Command::Shutdown => Outcome::None,
@@ -106,12 +106,12 @@ impl Command {
             sink.user_deleted(&user);
             return None;
         }
-        let Command::Push(push, reply) = self else {
+        let Command::Push(push, quota, reply) = self else {
             self.answer(Ok(outcome));
             return None;
         };
         let Outcome::Push(Ok(response)) = outcome else {
-            Command::Push(push, reply).answer(Ok(outcome));
+            Command::Push(push, quota, reply).answer(Ok(outcome));
             return None;
         };
         // Results are in the pushed order, one per op.
@@ -149,13 +149,13 @@ impl Command {
     fn answer(self, outcome: Result<Outcome, LogError>) {
         // A dropped receiver means the client went away; the write stands either way.
         match (self, outcome) {
-            (Command::Push(_, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
+            (Command::Push(_, _, reply), Ok(Outcome::Push(r))) => drop(reply.send(r)),
             (Command::Ack { reply, .. }, Ok(Outcome::Ack(r))) => drop(reply.send(r)),
             (Command::DeleteUser { reply, .. }, Ok(Outcome::DeleteUser(r))) => drop(reply.send(Ok(r))),
             (Command::Shutdown, _) => {}
             // `apply` pairs each command with its own outcome; this arm is a guard.
             (command, Ok(_)) => command.answer(Err(LogError::Corrupt("mismatched outcome".into()))),
-            (Command::Push(_, reply), Err(e)) => drop(reply.send(Err(e))),
+            (Command::Push(_, _, reply), Err(e)) => drop(reply.send(Err(e))),
             (Command::Ack { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
             (Command::DeleteUser { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
         }
@@ -433,7 +433,7 @@ fn transaction(conn: &mut DbConn, batch: &[Command], now: i64, node: &str) -> Re
 fn stored_ranges<'a>(batch: &'a [Command], outcomes: &[Outcome]) -> Vec<(&'a str, Seq, Seq)> {
     let mut ranges: Vec<(&str, Seq, Seq)> = Vec::new();
     for (command, outcome) in batch.iter().zip(outcomes) {
-        let (Command::Push(push, _), Outcome::Push(Ok(response))) = (command, outcome) else { continue };
+        let (Command::Push(push, _, _), Outcome::Push(Ok(response))) = (command, outcome) else { continue };
         let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
         let (Some(first), Some(last)) = (stored.clone().min(), stored.max()) else { continue };
         match ranges.last_mut() {

@@ -205,6 +205,10 @@ pub enum ServerMsg {
         /// The conflicting ops, for `entity_conflict`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         conflicts: Option<Vec<EntityConflict>>,
+        /// For `rate_limited`: how long to wait before the same request would
+        /// pass, milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// Live delivery was interrupted after `from`; see [`ResyncReason`].
     Resync {
@@ -234,6 +238,7 @@ impl ServerMsg {
             head: body.head,
             ids: body.ids,
             conflicts: body.conflicts,
+            retry_after_ms: body.retry_after_ms,
         }
     }
 

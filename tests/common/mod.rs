@@ -161,8 +161,11 @@ impl TestServer {
     }
 
     /// Starts a server on existing storage, with a configuration `configure` adjusts.
+    /// Rate limits are off unless `configure` sets them (tests push and fail
+    /// authentication far faster than a real client).
     pub fn on_configured(storage: Storage, root: KeyPair, configure: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::resolve_with(&storage.settings(), None).unwrap();
+        config.rate_limits.enabled = false;
         configure(&mut config);
         let state = web::Data::new(AppState::open(&config, root.public()).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
