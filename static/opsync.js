@@ -1563,9 +1563,15 @@ var AUTH_CODES = /* @__PURE__ */ new Set([
 ]);
 function isTransient(e) {
   if (!(e instanceof OpsyncError)) return true;
-  if (e.code === "network" || e.code === "timeout" || e.code === "unavailable" || e.code === "internal") return true;
-  if (e.code === "request_timeout") return true;
+  if (e.code === "quota_exceeded") return false;
+  if (["network", "timeout", "unavailable", "internal", "request_timeout", "rate_limited"].includes(e.code))
+    return true;
   return e.status !== void 0 && e.status >= 500;
+}
+function retryAfterMs(e) {
+  if (!(e instanceof OpsyncError)) return void 0;
+  const ms = e.details["retry_after_ms"];
+  return typeof ms === "number" && Number.isFinite(ms) && ms >= 0 ? ms : void 0;
 }
 
 // node_modules/uuid/dist/regex.js
@@ -1780,6 +1786,8 @@ function decodeServerMsg(data) {
       if (id !== void 0) e.id = id;
       const head = optInt(m, "head");
       if (head !== void 0) e.head = head;
+      const retry = optInt(m, "retry_after_ms");
+      if (retry !== void 0) e.retry_after_ms = retry;
       return e;
     }
     case "resync": {
@@ -1981,6 +1989,10 @@ async function errorOf(res, method, path) {
     const parsed = await res.json();
     if (typeof parsed === "object" && parsed !== null) body = parsed;
   } catch {
+  }
+  const header = Number(res.headers.get("retry-after"));
+  if (typeof body["retry_after_ms"] !== "number" && Number.isFinite(header) && header > 0) {
+    body = { ...body, retry_after_ms: header * 1e3 };
   }
   const code = typeof body["error"] === "string" ? body["error"] : res.status >= 500 ? "unavailable" : `http_${res.status}`;
   const message = typeof body["message"] === "string" ? body["message"] : `${method} ${path}: HTTP ${res.status}`;
@@ -2817,6 +2829,7 @@ var HEALTHY_MS = 5e3;
 var WELCOME_TIMEOUT_MS = 1e4;
 var PONG_TIMEOUT_MS = 1e4;
 var ACK_DELAY_MS = 1e3;
+var QUOTA_RETRY_MS = 6e4;
 function defaultSerialize(state) {
   return encode({ v: 1, entities: [...state.entries()] }, { ignoreUndefined: true });
 }
@@ -2881,6 +2894,8 @@ var Opsync = class _Opsync extends Emitter {
   #snapshotCheckedAt = 0;
   #lastReset = 0;
   #snapshotBusy = false;
+  /** No push before this time (a rate limit, the storage quota, an overloaded server). */
+  #pushHoldUntil = 0;
   #waiters = [];
   #onOnline = () => this.#wakeUp();
   #onOffline = () => this.#session?.stop({ kind: "stopped" });
@@ -2983,6 +2998,7 @@ var Opsync = class _Opsync extends Emitter {
   }
   /** Pushes now what waits in the coalescing window. */
   async flush() {
+    this.#pushHoldUntil = 0;
     await this.#writes.catch(() => void 0);
     const queue = await this.#exclusive(() => this.#store.release(Date.now()));
     this.#replica.setQueue(queue);
@@ -3279,7 +3295,7 @@ var Opsync = class _Opsync extends Emitter {
         if (outcome.error instanceof OpsyncError && outcome.error.code === "protocol")
           this.emit("error", outcome.error);
         if (outcome.connectedMs >= HEALTHY_MS) this.#backoff.reset();
-        await this.#sleep(this.#backoff.next());
+        await this.#sleep(Math.max(this.#backoff.next(), outcome.waitMs ?? 0));
         break;
       case "resync":
         this.#needResync = true;
@@ -3315,7 +3331,8 @@ var Opsync = class _Opsync extends Emitter {
       if (e.code === "closed") return { kind: "stopped" };
     }
     if (!isTransient(e) && e instanceof OpsyncError && e.code !== "protocol") this.emit("error", e);
-    return { kind: "dropped", connectedMs, error: e };
+    const waitMs = retryAfterMs(e);
+    return waitMs === void 0 ? { kind: "dropped", connectedMs, error: e } : { kind: "dropped", connectedMs, error: e, waitMs };
   }
   #announceReset(info) {
     this.#post({ t: "reset", info });
@@ -3468,6 +3485,11 @@ var Opsync = class _Opsync extends Emitter {
   async #plan() {
     const codec = this.#codec;
     if (!codec) return null;
+    const held = this.#pushHoldUntil - Date.now();
+    if (held > 0) {
+      this.#flushAt(held);
+      return null;
+    }
     return this.#exclusive(async () => {
       const queue = (await this.#store.queue()).sort((a, b) => a.n - b.n);
       this.#replica.setQueue(queue);
@@ -3559,13 +3581,24 @@ var Opsync = class _Opsync extends Emitter {
     }
   }
   /**
-   * The server refused a push. Returns what the pusher does next: `retry` the same ops later, or
-   * `blocked` (this token may not write: keep the ops queued), or `dropped` (refused for good:
-   * nothing of them was stored, and they are removed so the queue can move on).
+   * The server refused a push, or the push failed. Returns what the pusher does next: `lost` (the
+   * connection broke: reconnect, then push the same ops again), `held` (the ops stay queued and pushes
+   * wait: a rate limit, the storage quota, an overloaded server), `blocked` (this token may not write:
+   * keep the ops queued), or `dropped` (refused for good: nothing of them was stored, and they are
+   * removed so that the queue can move on).
    */
   async #pushRefused(plan, error) {
-    if (isTransient(error)) return "retry";
-    const e = error instanceof OpsyncError ? error : new OpsyncError("internal", String(error));
+    if (!(error instanceof OpsyncError) || ["network", "timeout", "closed"].includes(error.code)) return "lost";
+    const e = error;
+    if (e.code === "quota_exceeded") {
+      this.#pushHoldUntil = Date.now() + QUOTA_RETRY_MS;
+      this.emit("error", e);
+      return "held";
+    }
+    if (isTransient(e)) {
+      this.#pushHoldUntil = Date.now() + Math.max(retryAfterMs(e) ?? 1e3, 50);
+      return "held";
+    }
     if (AUTH_CODES.has(e.code)) {
       this.emit("error", e);
       return "blocked";
@@ -3652,7 +3685,6 @@ var Opsync = class _Opsync extends Emitter {
       let pushBlocked = false;
       let acked = this.#cursor;
       let ackTimer = null;
-      let retryTimer = null;
       let keepalive = null;
       const close = (code, reason) => {
         try {
@@ -3668,7 +3700,6 @@ var Opsync = class _Opsync extends Emitter {
         ended = true;
         clearTimeout(welcomeTimer);
         if (ackTimer) clearTimeout(ackTimer);
-        if (retryTimer) clearTimeout(retryTimer);
         if (keepalive) clearInterval(keepalive);
         chain.finally(() => resolve(outcome));
       };
@@ -3751,7 +3782,6 @@ var Opsync = class _Opsync extends Emitter {
               const next = await this.#pushRefused(plan, e);
               inflight = null;
               if (next === "blocked") pushBlocked = true;
-              else if (next === "retry") retryTimer = setTimeout(() => void kick(), 1e3);
               else void kick();
             } else if (!welcomedAt) {
               errorBeforeClose = e;
@@ -3795,6 +3825,10 @@ var Opsync = class _Opsync extends Emitter {
         const reason = event.reason || errorBeforeClose?.code || "closed";
         if (code === 4012) return finish({ kind: "resync" });
         if (code === 4013) return finish({ kind: "forget" });
+        if (code === 4029) {
+          const error2 = errorBeforeClose ?? new OpsyncError("rate_limited", "the server closed the connection: rate_limited");
+          return finish({ kind: "dropped", connectedMs, error: error2, waitMs: retryAfterMs(errorBeforeClose) ?? 1e3 });
+        }
         if (code >= 4001 && code <= 4004 || code === 4010) {
           return finish({
             kind: "fatal",
@@ -3883,11 +3917,7 @@ var Opsync = class _Opsync extends Emitter {
           if (abort.signal.aborted) return;
           const next = await this.#pushRefused(plan, e);
           if (next === "blocked") return;
-          if (next === "retry") {
-            if (e instanceof OpsyncError && (e.code === "unavailable" || e.status === 503)) {
-              await new Promise((r) => setTimeout(r, 1e3));
-              continue;
-            }
+          if (next === "lost") {
             pushFailure = e;
             abort.abort();
             return;

@@ -352,6 +352,51 @@ test("with encryption on, the server stores only ciphertext and both windows rea
   await Promise.all([a, b, c].map((p) => p.context().close()));
 });
 
+test("pushes refused by a rate limit or the storage quota are kept and go through later, none lost", async () => {
+  // One push per second per device, and room for about three tasks.
+  const config = `[limits]\nquota_bytes = 300\n[rate_limits]\ndevice_pushes = { per_second = 1, burst = 1 }\n`;
+  const server = await startServer([], config);
+  try {
+    const token = server.token("limited");
+    const a = await openDemo(browser, server, token);
+    const b = await openDemo(browser, server, token);
+    await waitForStatus(a, { online: true, transport: "websocket" });
+    await waitForStatus(b, { online: true, transport: "websocket" });
+    for (const t of ["One", "Two", "Three"]) await addTask(a, t);
+    const three: [string, boolean][] = [
+      ["One", false],
+      ["Two", false],
+      ["Three", false],
+    ];
+    await waitForTasks(b, three, 15_000);
+    await waitForStatus(a, { pending: 0, transport: "websocket" }, 15_000);
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    const limited = Number(/opsync_rate_limited_total\{scope="device_push"\} (\d+)/.exec(metrics)?.[1] ?? 0);
+    assert.ok(limited > 0, "the rate limit refused pushes on the way");
+    const log = await pullAll(server, token);
+    assert.equal(log.length, 3, "each op stored once");
+    const sizes = log.map((op) => Buffer.from(op.payload, "base64").length);
+    assert.ok(
+      sizes.every((n) => n > 75 && n <= 100),
+      `the quota assumes payloads of about 85 bytes: ${sizes}`,
+    );
+
+    // The quota is full: the next task stays queued, and the page says why.
+    await addTask(a, "Four");
+    await a.waitForFunction(() => document.getElementById("notice")!.textContent!.includes("quota"), null, {
+      timeout: 10_000,
+    });
+    await waitForStatus(a, { online: true, pending: 1 });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.deepEqual(await tasks(b), three, "nothing past the quota reached the other window");
+    assert.deepEqual(await tasks(a), [...three, ["Four", false]], "the refused task is still shown where it was made");
+    await a.context().close();
+    await b.context().close();
+  } finally {
+    await server.stop();
+  }
+});
+
 test("snapshots: uploaded when due; a new device bootstraps from one after the log was pruned", async () => {
   const server = await startServer(["--snapshot-every", "4", "--retention", "0s"]);
   try {

@@ -4,7 +4,7 @@
  * (/usr/bin/chromium, or $CHROMIUM) through playwright-core, and helpers that drive the demo page.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -28,9 +28,14 @@ export interface Server {
   stop(): Promise<void>;
 }
 
-/** Starts `opsync --data-dir TMP --listen 127.0.0.1:0 [ARGS] serve` and waits for its URL. */
-export async function startServer(args: string[] = []): Promise<Server> {
+/** Starts `opsync --data-dir TMP --listen 127.0.0.1:0 [ARGS] serve` and waits for its URL; `config` is
+ * the text of an opsync.toml to start it with. */
+export async function startServer(args: string[] = [], config?: string): Promise<Server> {
   const dataDir = mkdtempSync(join(tmpdir(), "opsync-e2e-"));
+  if (config !== undefined) {
+    writeFileSync(join(dataDir, "opsync.toml"), config);
+    args = ["--config", join(dataDir, "opsync.toml"), ...args];
+  }
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("OPSYNC_")));
   const child: ChildProcess = spawn(BIN, ["--data-dir", dataDir, "--listen", "127.0.0.1:0", ...args, "serve"], {
     env: { ...env, OPSYNC_LOG: "warn" },

@@ -10,7 +10,7 @@ import { decode, encode } from "@msgpack/msgpack";
 
 import { DEFAULT_ITERATIONS, deriveKeys, userSalt } from "./crypto.js";
 import { Emitter } from "./emitter.js";
-import { AUTH_CODES, OpsyncError, isTransient } from "./errors.js";
+import { AUTH_CODES, OpsyncError, isTransient, retryAfterMs } from "./errors.js";
 import { Http } from "./http.js";
 import { type Content, type Kind, PayloadCodec } from "./payload.js";
 import {
@@ -175,7 +175,7 @@ export interface OpsyncOptions {
 type Outcome =
   | { kind: "stopped" }
   | { kind: "ws-unavailable" }
-  | { kind: "dropped"; connectedMs: number; error: unknown }
+  | { kind: "dropped"; connectedMs: number; error: unknown; waitMs?: number }
   | { kind: "resync" }
   | { kind: "forget" }
   | { kind: "fatal"; error: OpsyncError };
@@ -226,6 +226,8 @@ const WELCOME_TIMEOUT_MS = 10_000;
 /** No `pong` this long after a `ping`: the connection is dead. */
 const PONG_TIMEOUT_MS = 10_000;
 const ACK_DELAY_MS = 1_000;
+/** After `quota_exceeded`, pushes wait this long (or until `flush()`). */
+const QUOTA_RETRY_MS = 60_000;
 
 function defaultSerialize(state: ReadonlyMap<string, unknown>): Uint8Array {
   return encode({ v: 1, entities: [...state.entries()] }, { ignoreUndefined: true });
@@ -300,6 +302,8 @@ export class Opsync extends Emitter<OpsyncEvents> {
   #snapshotCheckedAt = 0;
   #lastReset = 0;
   #snapshotBusy = false;
+  /** No push before this time (a rate limit, the storage quota, an overloaded server). */
+  #pushHoldUntil = 0;
   #waiters: (() => void)[] = [];
   readonly #onOnline = () => this.#wakeUp();
   readonly #onOffline = () => this.#session?.stop({ kind: "stopped" });
@@ -414,6 +418,7 @@ export class Opsync extends Emitter<OpsyncEvents> {
 
   /** Pushes now what waits in the coalescing window. */
   async flush(): Promise<void> {
+    this.#pushHoldUntil = 0;
     await this.#writes.catch(() => undefined);
     const queue = await this.#exclusive(() => this.#store.release(Date.now()));
     this.#replica.setQueue(queue);
@@ -742,7 +747,8 @@ export class Opsync extends Emitter<OpsyncEvents> {
         if (outcome.error instanceof OpsyncError && outcome.error.code === "protocol")
           this.emit("error", outcome.error);
         if (outcome.connectedMs >= HEALTHY_MS) this.#backoff.reset();
-        await this.#sleep(this.#backoff.next());
+        // A rate limit says how long to wait at least.
+        await this.#sleep(Math.max(this.#backoff.next(), outcome.waitMs ?? 0));
         break;
       case "resync":
         this.#needResync = true;
@@ -780,7 +786,10 @@ export class Opsync extends Emitter<OpsyncEvents> {
       if (e.code === "closed") return { kind: "stopped" };
     }
     if (!isTransient(e) && e instanceof OpsyncError && e.code !== "protocol") this.emit("error", e);
-    return { kind: "dropped", connectedMs, error: e };
+    const waitMs = retryAfterMs(e);
+    return waitMs === undefined
+      ? { kind: "dropped", connectedMs, error: e }
+      : { kind: "dropped", connectedMs, error: e, waitMs };
   }
 
   #announceReset(info: ResetInfo): void {
@@ -943,6 +952,11 @@ export class Opsync extends Emitter<OpsyncEvents> {
   async #plan(): Promise<Plan | null> {
     const codec = this.#codec;
     if (!codec) return null;
+    const held = this.#pushHoldUntil - Date.now();
+    if (held > 0) {
+      this.#flushAt(held);
+      return null;
+    }
     return this.#exclusive(async () => {
       const queue = (await this.#store.queue()).sort((a, b) => a.n - b.n);
       this.#replica.setQueue(queue);
@@ -1038,13 +1052,25 @@ export class Opsync extends Emitter<OpsyncEvents> {
   }
 
   /**
-   * The server refused a push. Returns what the pusher does next: `retry` the same ops later, or
-   * `blocked` (this token may not write: keep the ops queued), or `dropped` (refused for good:
-   * nothing of them was stored, and they are removed so the queue can move on).
+   * The server refused a push, or the push failed. Returns what the pusher does next: `lost` (the
+   * connection broke: reconnect, then push the same ops again), `held` (the ops stay queued and pushes
+   * wait: a rate limit, the storage quota, an overloaded server), `blocked` (this token may not write:
+   * keep the ops queued), or `dropped` (refused for good: nothing of them was stored, and they are
+   * removed so that the queue can move on).
    */
-  async #pushRefused(plan: Plan, error: unknown): Promise<"retry" | "blocked" | "dropped"> {
-    if (isTransient(error)) return "retry";
-    const e = error instanceof OpsyncError ? error : new OpsyncError("internal", String(error));
+  async #pushRefused(plan: Plan, error: unknown): Promise<"lost" | "held" | "blocked" | "dropped"> {
+    if (!(error instanceof OpsyncError) || ["network", "timeout", "closed"].includes(error.code)) return "lost";
+    const e = error;
+    if (e.code === "quota_exceeded") {
+      // Space comes back when retention prunes (after a snapshot) or data is deleted: try now and then.
+      this.#pushHoldUntil = Date.now() + QUOTA_RETRY_MS;
+      this.emit("error", e);
+      return "held";
+    }
+    if (isTransient(e)) {
+      this.#pushHoldUntil = Date.now() + Math.max(retryAfterMs(e) ?? 1_000, 50);
+      return "held";
+    }
     if (AUTH_CODES.has(e.code)) {
       this.emit("error", e);
       return "blocked";
@@ -1137,7 +1163,6 @@ export class Opsync extends Emitter<OpsyncEvents> {
       let pushBlocked = false;
       let acked = this.#cursor;
       let ackTimer: ReturnType<typeof setTimeout> | null = null;
-      let retryTimer: ReturnType<typeof setTimeout> | null = null;
       let keepalive: ReturnType<typeof setInterval> | null = null;
 
       const close = (code: number, reason: string) => {
@@ -1156,7 +1181,6 @@ export class Opsync extends Emitter<OpsyncEvents> {
         ended = true;
         clearTimeout(welcomeTimer);
         if (ackTimer) clearTimeout(ackTimer);
-        if (retryTimer) clearTimeout(retryTimer);
         if (keepalive) clearInterval(keepalive);
         chain.finally(() => resolve(outcome));
       };
@@ -1243,8 +1267,7 @@ export class Opsync extends Emitter<OpsyncEvents> {
               const next = await this.#pushRefused(plan, e);
               inflight = null;
               if (next === "blocked") pushBlocked = true;
-              else if (next === "retry") retryTimer = setTimeout(() => void kick(), 1_000);
-              else void kick();
+              else void kick(); // a held push waits in #plan()
             } else if (!welcomedAt) {
               errorBeforeClose = e;
             } else if (e.code !== "invalid_field" && !AUTH_CODES.has(e.code)) {
@@ -1292,6 +1315,12 @@ export class Opsync extends Emitter<OpsyncEvents> {
         const reason = event.reason || errorBeforeClose?.code || "closed";
         if (code === 4012) return finish({ kind: "resync" });
         if (code === 4013) return finish({ kind: "forget" });
+        if (code === 4029) {
+          // Rate limited: not the transport's fault. Come back no sooner than the server asked.
+          const error =
+            errorBeforeClose ?? new OpsyncError("rate_limited", "the server closed the connection: rate_limited");
+          return finish({ kind: "dropped", connectedMs, error, waitMs: retryAfterMs(errorBeforeClose) ?? 1_000 });
+        }
         if ((code >= 4001 && code <= 4004) || code === 4010) {
           return finish({
             kind: "fatal",
@@ -1390,16 +1419,13 @@ export class Opsync extends Emitter<OpsyncEvents> {
           if (abort.signal.aborted) return;
           const next = await this.#pushRefused(plan, e);
           if (next === "blocked") return;
-          if (next === "retry") {
-            if (e instanceof OpsyncError && (e.code === "unavailable" || e.status === 503)) {
-              await new Promise((r) => setTimeout(r, 1_000));
-              continue;
-            }
-            // A lost connection: the whole session reconnects (with backoff) and pushes again.
+          if (next === "lost") {
+            // The whole session reconnects (with backoff) and pushes the same ops again.
             pushFailure = e;
             abort.abort();
             return;
           }
+          // `held`: the next #plan() schedules the retry; `dropped`: go on with the rest.
         }
       }
     };

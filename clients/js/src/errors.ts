@@ -30,10 +30,19 @@ export const AUTH_CODES: ReadonlySet<string> = new Set([
   "device_mismatch",
 ]);
 
-/** Whether the error is worth retrying unchanged later (a lost connection, an overloaded server). */
+/** Whether the error is worth retrying unchanged later (a lost connection, an overloaded server, a
+ * rate limit). `quota_exceeded` is not: it lasts until the user's data shrinks. */
 export function isTransient(e: unknown): boolean {
   if (!(e instanceof OpsyncError)) return true;
-  if (e.code === "network" || e.code === "timeout" || e.code === "unavailable" || e.code === "internal") return true;
-  if (e.code === "request_timeout") return true;
+  if (e.code === "quota_exceeded") return false;
+  if (["network", "timeout", "unavailable", "internal", "request_timeout", "rate_limited"].includes(e.code))
+    return true;
   return e.status !== undefined && e.status >= 500;
+}
+
+/** How long the server asked to wait before trying again (`retry_after_ms`, or `Retry-After`), if it did. */
+export function retryAfterMs(e: unknown): number | undefined {
+  if (!(e instanceof OpsyncError)) return undefined;
+  const ms = e.details["retry_after_ms"];
+  return typeof ms === "number" && Number.isFinite(ms) && ms >= 0 ? ms : undefined;
 }

@@ -173,6 +173,11 @@ async function errorOf(res: Response, method: string, path: string): Promise<Ops
   } catch {
     // Not JSON (a proxy's page, actix-web's plain answers): the status says enough.
   }
+  // `Retry-After` (seconds) stands in for `retry_after_ms` when only the header says it (a proxy, a 503).
+  const header = Number(res.headers.get("retry-after"));
+  if (typeof body["retry_after_ms"] !== "number" && Number.isFinite(header) && header > 0) {
+    body = { ...body, retry_after_ms: header * 1000 };
+  }
   const code =
     typeof body["error"] === "string" ? body["error"] : res.status >= 500 ? "unavailable" : `http_${res.status}`;
   const message = typeof body["message"] === "string" ? body["message"] : `${method} ${path}: HTTP ${res.status}`;

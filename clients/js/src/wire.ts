@@ -77,7 +77,7 @@ export type ServerMsg =
     }
   | { type: "ops"; ops: ServerOp[]; head: number }
   | { type: "pushed"; id: number; results: OpResult[]; head: number }
-  | { type: "error"; id?: number; code: string; message: string; head?: number }
+  | { type: "error"; id?: number; code: string; message: string; head?: number; retry_after_ms?: number }
   | { type: "resync"; from: number; reason: string; snapshot_seq?: number }
   | { type: "pong"; id?: number }
   | { type: "unknown"; name: string };
@@ -200,6 +200,8 @@ export function decodeServerMsg(data: Uint8Array): ServerMsg {
       if (id !== undefined) e.id = id;
       const head = optInt(m, "head");
       if (head !== undefined) e.head = head;
+      const retry = optInt(m, "retry_after_ms");
+      if (retry !== undefined) e.retry_after_ms = retry;
       return e;
     }
     case "resync": {

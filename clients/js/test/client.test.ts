@@ -388,3 +388,43 @@ test("writes that the server would refuse are refused at once, without touching 
   assert.deepEqual(sync.entries(), []);
   await sync.close();
 });
+
+test("a rate-limited push waits as long as the server asks, then goes again with the same ids", async () => {
+  const server = new FakeServer();
+  server.rateLimitPushes = 1;
+  server.retryAfterMs = 400;
+  const errors: string[] = [];
+  const sync = await connect(server);
+  sync.on("error", (e) => errors.push(e.code));
+  await until("online", () => sync.status.online);
+  const started = Date.now();
+  await sync.put("a", 1, { coalesce: false });
+  await sync.synced();
+  assert.ok(Date.now() - started >= 390, `pushed again after ${Date.now() - started} ms`);
+  assert.equal(server.pushes.length, 2);
+  assert.deepEqual(server.pushes[1], server.pushes[0], "the same ids");
+  assert.equal(server.ops.length, 1);
+  assert.deepEqual(errors, [], "nothing to report: nothing was lost");
+  await sync.close();
+});
+
+test("quota_exceeded keeps the ops queued and reports it; flush() tries again", async () => {
+  const server = new FakeServer();
+  server.quotaExceeded = true;
+  const errors: string[] = [];
+  const sync = await connect(server);
+  sync.on("error", (e) => errors.push(e.code));
+  await sync.put("a", "too much", { coalesce: false });
+  await until("the refusal", () => errors.length === 1);
+  assert.deepEqual(errors, ["quota_exceeded"]);
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(server.pushes.length, 1, "no retry loop against a full quota");
+  assert.equal(sync.status.pending, 1);
+  assert.equal(sync.get("a"), "too much");
+  server.quotaExceeded = false;
+  await sync.flush();
+  await sync.synced();
+  assert.equal(server.ops.length, 1);
+  assert.deepEqual(server.pushes[1], server.pushes[0]);
+  await sync.close();
+});

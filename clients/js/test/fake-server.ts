@@ -37,6 +37,11 @@ export class FakeServer {
   failPushes = 0;
   /** The next N pushes fail with a network error after being stored (the answer is lost). */
   loseAnswers = 0;
+  /** The next N pushes are refused with 429 rate_limited, asking to wait `retryAfterMs`. */
+  rateLimitPushes = 0;
+  retryAfterMs = 300;
+  /** While true, pushes of new ops are refused with 507 quota_exceeded. */
+  quotaExceeded = false;
   /** Refuse pushes with this error code and status. */
   refusePushes: { code: string; status: number } | null = null;
   #waiters: (() => void)[] = [];
@@ -147,6 +152,11 @@ export class FakeServer {
       throw new TypeError("fetch failed: the connection was refused");
     }
     if (this.refusePushes) return error(this.refusePushes.status, this.refusePushes.code);
+    if (this.rateLimitPushes > 0) {
+      this.rateLimitPushes -= 1;
+      return error(429, "rate_limited", { retry_after_ms: this.retryAfterMs }, { "retry-after": "1" });
+    }
+    if (this.quotaExceeded && ids.some((id) => !this.ops.some((o) => o.id === id))) return error(507, "quota_exceeded");
     const results = req.ops.map((o, i) => {
       const id = ids[i] as string;
       const known = this.ops.find((s) => s.id === id);
@@ -180,10 +190,15 @@ function msgpack(value: unknown): Response {
   return new Response(encode(value) as BodyInit, { headers: { "content-type": "application/msgpack" } });
 }
 
-function error(status: number, code: string, extra: Record<string, unknown> = {}): Response {
+function error(
+  status: number,
+  code: string,
+  extra: Record<string, unknown> = {},
+  headers: Record<string, string> = {},
+): Response {
   return new Response(JSON.stringify({ error: code, message: code, ...extra }), {
     status,
-    headers: { "content-type": "application/json" },
+    headers: { "content-type": "application/json", ...headers },
   });
 }
 

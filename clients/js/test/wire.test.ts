@@ -68,6 +68,10 @@ test("server frames decode with ids in their hyphenated form", () => {
     { type: "unknown", name: "shout" },
     "unknown types are ignorable",
   );
+  assert.deepEqual(
+    decodeServerMsg(encode({ type: "error", id: 4, code: "rate_limited", message: "slow down", retry_after_ms: 250 })),
+    { type: "error", id: 4, code: "rate_limited", message: "slow down", retry_after_ms: 250 },
+  );
 });
 
 test("malformed answers are protocol errors, not half-read messages", () => {
