@@ -334,6 +334,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("opsync is listening on {url}");
     if state.is_empty().await? {
         print_first_token(&key, &url)?;
+    } else {
+        println!("The demo app is at {url}/ (it asks for a token: opsync token issue --user demo).");
     }
     let server = match &tls {
         Some(tls) => app::run_tls(listener, state.clone(), config.workers, tls)?,
@@ -368,7 +370,8 @@ async fn stop_on_signal(server: actix_web::dev::ServerHandle, state: web::Data<A
     server.stop(true).await;
 }
 
-/// On a first start with an empty database: a token to try the server with at once.
+/// On a first start with an empty database: a token to try the server with at once, and
+/// a link that opens the demo app with it (in the fragment, which stays in the browser).
 fn print_first_token(key: &RootKey, url: &str) -> anyhow::Result<()> {
     let spec = TokenSpec {
         user: UserId::new("demo")?,
@@ -382,7 +385,10 @@ fn print_first_token(key: &RootKey, url: &str) -> anyhow::Result<()> {
     println!(
         "\nThe database is empty. Here is a token for user \"demo\", valid for 30 days:\n\n\
          \x20   export OPSYNC_TOKEN='{token}'\n\n\
-         Push an op and read the log back:\n\n\
+         Open the demo app, a task list that syncs live between browser windows and works offline.\n\
+         The token is in the link's fragment (after #), which the browser never sends to the server:\n\n\
+         \x20   {url}/#token={token}\n\n\
+         Or push an op and read the log back:\n\n\
          \x20   curl -s -X POST {url}/v1/ops -H \"Authorization: Bearer $OPSYNC_TOKEN\" \\\n\
          \x20        -H 'Content-Type: application/json' -d '{{\"ops\":[{{\"id\":\"{id}\",\"payload\":\"aGVsbG8=\"}}]}}'\n\
          \x20   curl -s '{url}/v1/ops?since=0' -H \"Authorization: Bearer $OPSYNC_TOKEN\"\n\n\

@@ -1,6 +1,7 @@
 //! Thin HTTP handlers: extract → authorize → call the log → respond.
 
 pub mod account;
+pub mod assets;
 pub mod auth;
 pub mod body;
 pub mod openapi;
@@ -24,7 +25,7 @@ pub const DEFAULT_PAGE_OPS: usize = 1000;
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").get(index).default_service(web::to(method_not_allowed)))
+    cfg.configure(assets::routes)
         .service(web::resource("/healthz").get(healthz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").get(readyz).default_service(web::to(method_not_allowed)))
         .service(web::resource("/metrics").get(metrics).default_service(web::to(method_not_allowed)))
@@ -331,11 +332,6 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         limits: state.limits.stats(),
     };
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(snapshot.render())
-}
-
-/// `GET /`: the page in static/.
-async fn index() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../../static/index.html"))
 }
 
 /// Any unknown path.
