@@ -272,11 +272,33 @@ async fn status_and_snapshot_due(s: TestServer) {
     let pushed = c.push(&push_of(vec![op(b"one more")])).await.unwrap();
     assert!(pushed.snapshot_due);
     assert!(c.pull(0, Some(1)).await.unwrap().snapshot_due);
-    c.put_snapshot(1001, b"everything".to_vec()).await.unwrap();
+    // A push over a WebSocket says the same in its `pushed`.
+    let (due, seq) = ws_push(&s, "alice", b"over ws").await;
+    assert_eq!((due, seq), (true, 0));
+    c.put_snapshot(1002, b"everything".to_vec()).await.unwrap();
     let pushed = c.push(&push_of(vec![op(b"after")])).await.unwrap();
-    assert_eq!((pushed.snapshot_seq, pushed.snapshot_due), (1001, false));
+    assert_eq!((pushed.snapshot_seq, pushed.snapshot_due), (1002, false));
+    assert_eq!(ws_push(&s, "alice", b"over ws, after").await, (false, 1002));
     let status = c.status().await.unwrap();
     let snapshot = status.snapshot.unwrap();
-    assert_eq!((snapshot.seq, snapshot.size), (1001, 10));
+    assert_eq!((snapshot.seq, snapshot.size), (1002, 10));
     assert_eq!(status.horizon, 0);
+}
+
+/// Pushes one op over a WebSocket; the `pushed` answer's `(snapshot_due, snapshot_seq)`.
+async fn ws_push(s: &TestServer, user: &str, payload: &[u8]) -> (bool, i64) {
+    use opsync::client::ws::{self, TokenIn};
+    use opsync::realtime::messages::{ClientMsg, ServerMsg};
+    let mut conn = ws::open(&s.base, &s.token(user), TokenIn::Subprotocol).await.unwrap();
+    conn.send(&ClientMsg::Hello { token: None, device: None, since: None }).await.unwrap();
+    assert!(matches!(conn.recv_msg().await.unwrap(), ServerMsg::Welcome { .. }));
+    let push = ClientMsg::Push { id: 7, ops: vec![op(payload)], expected_head: None, on_stale: None };
+    conn.send(&push).await.unwrap();
+    loop {
+        match conn.recv_msg().await.unwrap() {
+            ServerMsg::Pushed { id: 7, snapshot_due, snapshot_seq, .. } => return (snapshot_due, snapshot_seq),
+            ServerMsg::Ops { .. } | ServerMsg::Pong { .. } => {}
+            other => panic!("expected pushed, got {other:?}"),
+        }
+    }
 }

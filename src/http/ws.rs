@@ -423,7 +423,16 @@ impl Session {
             Answer::Committed(Ok(response)) => {
                 let stored = response.results.iter().filter(|r| r.status == OpStatus::Stored).map(|r| r.seq);
                 let range = stored.clone().min().zip(stored.max());
-                (range, encode(&ServerMsg::Pushed { id, results: response.results, head: response.head })?)
+                (
+                    range,
+                    encode(&ServerMsg::Pushed {
+                        id,
+                        results: response.results,
+                        head: response.head,
+                        snapshot_seq: response.snapshot_seq,
+                        snapshot_due: response.snapshot_due,
+                    })?,
+                )
             }
             Answer::Committed(Err(e)) => (None, encode(&ServerMsg::error(Some(id), ApiError::from(e).body().clone()))?),
             Answer::Refused(e) => (None, encode(&ServerMsg::error(Some(id), e.body().clone()))?),

@@ -186,6 +186,12 @@ pub enum ServerMsg {
         results: Vec<OpResult>,
         /// The head after the push.
         head: Seq,
+        /// The latest snapshot's seq (0: none), as in the HTTP push answer.
+        #[serde(default)]
+        snapshot_seq: Seq,
+        /// More than `snapshot_every` ops follow the latest snapshot: upload one.
+        #[serde(default)]
+        snapshot_due: bool,
     },
     /// A request failed (with its `id`), or the connection is about to close.
     Error {
