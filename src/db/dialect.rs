@@ -35,6 +35,37 @@ pub(crate) fn configure_connection(conn: &mut DbConn) -> QueryResult<()> {
     }
 }
 
+/// WAL pages after which a SQLite writer checkpoints at commit itself: a backstop
+/// for when its checkpointer thread ([`checkpoint`]) falls behind (SQLite's own
+/// default is 1,000 pages, checkpointed on the committing thread).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 10_000;
+
+/// Settings of a writer's own connection. SQLite: the writer checkpoints the WAL
+/// at commit only past [`WRITER_AUTOCHECKPOINT_PAGES`]; below that the writer's
+/// checkpointer thread does it, so copying the WAL into the database file (and
+/// that file's fsync) stays off the commit path. Postgres: nothing.
+pub(crate) fn configure_writer(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        DbConn::Sqlite(c) => c.batch_execute(&format!("PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")),
+        DbConn::Pg(_) => Ok(()),
+    }
+}
+
+/// Whether the writers need a checkpointer thread: SQLite in WAL mode, see
+/// [`configure_writer`].
+pub(crate) fn needs_checkpointer(conn: &DbConn) -> bool {
+    matches!(conn, DbConn::Sqlite(_))
+}
+
+/// A passive WAL checkpoint: copies committed pages into the database file
+/// without blocking the writer or the readers (SQLite; a no-op on Postgres).
+pub(crate) fn checkpoint(conn: &mut DbConn) -> QueryResult<()> {
+    match conn {
+        DbConn::Sqlite(c) => c.batch_execute("PRAGMA wal_checkpoint(PASSIVE)"),
+        DbConn::Pg(_) => Ok(()),
+    }
+}
+
 /// Starts a write transaction. SQLite takes the write lock at once (`BEGIN IMMEDIATE`),
 /// so a transaction never fails half-way with a busy error on lock upgrade. Begun
 /// through diesel's transaction manager so statements that open their own

@@ -39,6 +39,8 @@ const MAX_BATCH_COMMANDS: usize = 512;
 const MAX_BATCH_OPS: usize = 20_000;
 /// How long a request waits for room in the queue.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The least time between two WAL checkpoints of the checkpointer thread (SQLite).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// How long a request waits for its commit. If it gives up, the push may still
 /// commit: retrying with the same op ids is safe (they come back `duplicate`).
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -209,15 +211,29 @@ impl Writer {
         let mut handles = Vec::new();
         let mut lanes = Vec::new();
         for i in 0..threads.max(1) {
-            let conn = db::connect(url)?;
+            let conn = connect(url)?;
             let (tx, rx) = flume::bounded(queue.max(1));
             lanes.push(tx);
+            // SQLite: a thread that checkpoints the WAL after commits, off the
+            // commit path; it ends when its writer does (the sender drops).
+            let committed = if dialect::needs_checkpointer(&conn) {
+                let mut checkpointer = db::connect(url)?;
+                let (done, commits) = flume::bounded::<()>(1);
+                let handle = std::thread::Builder::new()
+                    .name(format!("opsync-checkpoint-{i}"))
+                    .spawn(move || checkpoints(&mut checkpointer, &commits))
+                    .map_err(|source| DbError::Io { path: "checkpoint thread".into(), source })?;
+                handles.push(handle);
+                Some(done)
+            } else {
+                None
+            };
             let url = url.clone();
             let stats = stats.clone();
             let sink = sink.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("opsync-writer-{i}"))
-                .spawn(move || run(&url, &rx, Some(conn), &stats, &*sink))
+                .spawn(move || run(&url, &rx, Some(conn), &stats, &*sink, committed.as_ref()))
                 .map_err(|source| DbError::Io { path: "writer thread".into(), source })?;
             handles.push(handle);
         }
@@ -282,13 +298,32 @@ impl Writer {
     }
 }
 
-/// One writer thread's loop.
+/// A writer's connection.
+fn connect(url: &DbUrl) -> Result<DbConn, DbError> {
+    let mut conn = db::connect(url)?;
+    dialect::configure_writer(&mut conn)?;
+    Ok(conn)
+}
+
+/// The checkpointer thread's loop: a passive checkpoint after commits, at most
+/// every [`CHECKPOINT_EVERY`], until the writer is gone.
+fn checkpoints(conn: &mut DbConn, commits: &flume::Receiver<()>) {
+    while commits.recv().is_ok() {
+        if let Err(e) = dialect::checkpoint(conn) {
+            tracing::debug!(error = %e, "checkpoint failed");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+}
+
+/// One writer thread's loop. `committed` (SQLite) is told of every commit.
 fn run(
     url: &DbUrl,
     rx: &flume::Receiver<Command>,
     mut conn: Option<DbConn>,
     stats: &WriterStats,
     sink: &dyn CommitSink,
+    committed: Option<&flume::Sender<()>>,
 ) {
     loop {
         let first = match rx.recv() {
@@ -319,6 +354,10 @@ fn run(
             tracing::error!("writer panicked; reconnecting");
             conn = None;
         }
+        if let Some(committed) = committed {
+            // Full: a checkpoint is already due.
+            let _ = committed.try_send(());
+        }
         if stop {
             return;
         }
@@ -342,7 +381,7 @@ fn process(
     batch.sort_by(|a, b| a.user().cmp(&b.user()));
     let conn = match slot {
         Some(conn) => conn,
-        None => match db::connect(url) {
+        None => match connect(url) {
             Ok(conn) => slot.insert(conn),
             Err(e) => {
                 tracing::warn!(error = %e, "writer cannot reconnect");
