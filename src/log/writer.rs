@@ -15,10 +15,14 @@
 //! deadlock; should the database still report one, the batch is retried command by
 //! command like any other failed batch.
 //!
+//! Each run of consecutive pushes in a batch is applied with batch-level statements
+//! (a fixed number per run, see [`store::apply_pushes`]); acks and account
+//! deletions one by one between them.
+//!
 //! A batch is all-or-nothing at the database level. A rejected push (a conflict)
 //! writes nothing and does not disturb its neighbours; if a statement fails, the
-//! batch is rolled back and its commands are retried one by one, so only the
-//! faulty one fails.
+//! batch is rolled back and its commands are retried one by one through the
+//! command-by-command path ([`store::apply_push`]), so only the faulty one fails.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
