@@ -153,6 +153,184 @@ pub fn apply_push(
     }))
 }
 
+/// [`apply_push`] for consecutive pushes of one writer batch (sorted by user, each
+/// user's pushes in arrival order), with a fixed number of statements whatever the
+/// number of pushes: lock every user at once, read the stored ops the pushes repeat
+/// and the entity seqs their bases need, plan each push in order in memory, then
+/// write all new ops, entities, heads and devices. Each answer is exactly what
+/// [`apply_push`] would give when the pushes are applied one after the other: the
+/// plan of a push sees the heads, stored bytes, op ids and entity seqs of the
+/// pushes before it (an overlay over what the database held). A refused push
+/// stores nothing and does not disturb the others. The outer `QueryResult` fails
+/// on database errors (the caller rolls back and falls back to [`apply_push`]).
+pub fn apply_pushes(
+    conn: &mut DbConn,
+    pushes: &[(&Push, Option<i64>)],
+    now: i64,
+) -> QueryResult<Vec<Result<PushResponse, LogError>>> {
+    // Every user once, ascending: the order every batch takes its locks in.
+    let mut users: Vec<&str> = pushes.iter().map(|(push, _)| push.user.as_str()).collect();
+    users.sort_unstable();
+    users.dedup();
+    let intern = |name: &str| users.binary_search(&name).ok().map(|i| users[i]);
+
+    let mut state: HashMap<&str, Overlay> = HashMap::with_capacity(users.len());
+    for (user, locked) in dialect::lock_users(conn, &users, now)? {
+        let Some(user) = intern(&user) else { continue };
+        state.insert(user, Overlay { state: locked, added: 0, moved: false });
+    }
+    if state.len() != users.len() {
+        return Err(diesel::result::Error::NotFound);
+    }
+
+    // The ops the pushes repeat, and which op ids appear in more than one push (a
+    // later push must see an earlier one's op as stored).
+    let mut keys: Vec<(&str, &[u8])> = pushes
+        .iter()
+        .flat_map(|(push, _)| push.ops.iter().map(move |op| (push.user.as_str(), &op.id.as_bytes()[..])))
+        .collect();
+    keys.sort_unstable();
+    let repeated: std::collections::HashSet<(&str, &[u8])> =
+        keys.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+    keys.dedup();
+    let mut stored: HashMap<(&str, OpId), StoredOp> = HashMap::new();
+    for row in dialect::stored_ops(conn, &keys)? {
+        let (Some(user), Ok(id)) = (intern(&row.user_id), OpId::from_slice(&row.op_id)) else { continue };
+        let op = StoredOp { seq: row.seq, payload: row.payload, entity: row.entity, kind: row.kind };
+        stored.insert((user, id), op);
+    }
+
+    // The entity seqs that the based ops check.
+    let mut based: Vec<(&str, &str)> = pushes
+        .iter()
+        .flat_map(|(push, _)| {
+            push.ops
+                .iter()
+                .filter(|op| op.base.is_some())
+                .filter_map(move |op| Some((push.user.as_str(), op.entity.as_deref()?)))
+        })
+        .collect();
+    based.sort_unstable();
+    based.dedup();
+    let mut entity_seqs: HashMap<(&str, &str), Seq> = HashMap::new();
+    let rows = dialect::entity_seqs(conn, &based)?;
+    for row in &rows {
+        let Some(user) = intern(&row.user_id) else { continue };
+        let Ok(i) = based.binary_search(&(user, row.entity.as_str())) else { continue };
+        entity_seqs.insert(based[i], row.last_seq);
+    }
+
+    // Plan each push in order against the overlay.
+    let mut results = Vec::with_capacity(pushes.len());
+    let mut new_ops: Vec<OpInsert<'_>> = Vec::new();
+    // The last seq (and tombstone) per entity the segment writes, in write order.
+    let mut last: HashMap<(&str, &str), (Seq, Option<i64>)> = HashMap::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for &(push, quota) in pushes {
+        let user = push.user.as_str();
+        let Some(overlay) = state.get_mut(user) else { return Err(diesel::result::Error::NotFound) };
+        let head = overlay.state.head;
+        let existing: HashMap<OpId, StoredOp> =
+            push.ops.iter().filter_map(|op| Some((op.id, stored.get(&(user, op.id))?.clone()))).collect();
+        let seqs: HashMap<String, Seq> = push
+            .ops
+            .iter()
+            .filter(|op| op.base.is_some())
+            .filter_map(|op| op.entity.as_deref())
+            .filter_map(|entity| {
+                let seq = last
+                    .get(&(user, entity))
+                    .map(|(seq, _)| *seq)
+                    .or_else(|| entity_seqs.get(&(user, entity)).copied())?;
+                Some((entity.to_owned(), seq))
+            })
+            .collect();
+        let plan = match sequencer::plan(head, &push.ops, push.expected_head, push.on_stale, &existing, &seqs) {
+            Ok(plan) => plan,
+            Err(rejection) => {
+                results.push(Err(rejection.into()));
+                continue;
+            }
+        };
+        let needed: i64 = plan.new.iter().map(|&i| push.ops[i].payload.0.len() as i64).sum();
+        if needed > 0
+            && let Some(quota) = quota
+            && overlay.state.stored_bytes.saturating_add(needed) > quota
+        {
+            results.push(Err(LogError::QuotaExceeded { stored: overlay.state.stored_bytes, quota, needed }));
+            continue;
+        }
+        if !plan.new.is_empty() {
+            let device = push.device.as_ref().map(DeviceId::as_str);
+            for (&i, seq) in plan.new.iter().zip(head + 1..) {
+                let op = &push.ops[i];
+                new_ops.push(OpInsert {
+                    user_id: user,
+                    seq,
+                    op_id: &op.id.as_bytes()[..],
+                    device,
+                    entity: op.entity.as_deref(),
+                    kind: op.kind.as_deref(),
+                    base: op.base,
+                    client_ts: op.ts,
+                    received_at: now,
+                    payload: &op.payload.0,
+                });
+                if let Some(entity) = op.entity.as_deref() {
+                    let deleted_at = (op.kind.as_deref() == Some(DEL_KIND)).then_some(now);
+                    last.insert((user, entity), (seq, deleted_at));
+                }
+                if repeated.contains(&(user, &op.id.as_bytes()[..])) {
+                    let op = StoredOp {
+                        seq,
+                        payload: op.payload.0.clone(),
+                        entity: op.entity.clone(),
+                        kind: op.kind.clone(),
+                    };
+                    stored.insert((user, push.ops[i].id), op);
+                }
+            }
+            overlay.state.head = plan.head;
+            overlay.state.stored_bytes += needed;
+            overlay.added += needed;
+            overlay.moved = true;
+        }
+        if let Some(device) = &push.device {
+            seen.push((user, device.as_str()));
+        }
+        results.push(Ok(PushResponse {
+            results: plan.results,
+            head: plan.head,
+            snapshot_seq: overlay.state.snapshot_seq,
+            snapshot_due: false,
+        }));
+    }
+
+    // Write everything the accepted pushes store.
+    dialect::insert_ops(conn, &new_ops)?;
+    let last: Vec<(&str, &str, Seq, Option<i64>)> = last.into_iter().map(|((u, e), (s, d))| (u, e, s, d)).collect();
+    dialect::upsert_user_entities(conn, &last)?;
+    let heads: Vec<(&str, Seq, i64)> = users
+        .iter()
+        .filter_map(|user| state.get(user).filter(|o| o.moved).map(|o| (*user, o.state.head, o.added)))
+        .collect();
+    dialect::advance_heads(conn, &heads)?;
+    seen.sort_unstable();
+    seen.dedup();
+    dialect::touch_devices(conn, &seen, now)?;
+    Ok(results)
+}
+
+/// A user's state as the pushes of a merged segment leave it, before it is written.
+struct Overlay {
+    /// Head and stored bytes after the segment's accepted pushes so far.
+    state: dialect::UserState,
+    /// Payload bytes those pushes add.
+    added: i64,
+    /// Whether any of them stored an op.
+    moved: bool,
+}
+
 /// Moves a device's cursor inside the caller's write transaction.
 pub fn apply_ack(
     conn: &mut DbConn,
