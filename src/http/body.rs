@@ -142,13 +142,20 @@ pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) ->
     if !gzip {
         return Ok(body.freeze());
     }
-    let mut inflated = Vec::with_capacity((body.len() * 4).min(limit));
-    flate2::read::MultiGzDecoder::new(&body[..])
+    inflate(&body, limit)
+}
+
+/// Inflates a gzip body (several members are one body) through a reader capped at
+/// `limit + 1` bytes: `413 body_too_large` past `limit`, `400 malformed_body` for a
+/// corrupt stream. Memory stays within `limit`, however much the input claims.
+pub fn inflate(compressed: &[u8], limit: usize) -> Result<Bytes, ApiError> {
+    let mut inflated = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    flate2::read::MultiGzDecoder::new(compressed)
         .take(limit as u64 + 1)
         .read_to_end(&mut inflated)
         .map_err(|e| ApiError::new(ErrorCode::MalformedBody, format!("bad gzip body: {e}")))?;
     if inflated.len() > limit {
-        return Err(too_large());
+        return Err(ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes")));
     }
     Ok(Bytes::from(inflated))
 }
