@@ -962,15 +962,32 @@ fn send_http(addr: &str, tokens: &Tokens, r: &HttpRow) -> Result<(u16, Option<Va
         }
     }
     head.extend_from_slice(b"\r\n");
-    stream.write_all(&head).map_err(|e| e.to_string())?;
-    // The server may answer (413) before it has read everything: a failed write of
-    // the rest is fine as long as the answer arrives.
-    let _ = stream.write_all(&tail);
-    if end_early {
-        let _ = stream.shutdown(std::net::Shutdown::Write);
+    // A small body goes with the head, in one write, before the server can answer.
+    // A large one goes from another thread while this one reads: the server may
+    // answer (413) before it has read it, and close; the answer is taken as it
+    // arrives, and a failed write of the rest does not matter.
+    let mut sending = None;
+    if tail.len() <= 64 << 10 {
+        head.extend_from_slice(&tail);
+        stream.write_all(&head).map_err(|e| e.to_string())?;
+        if end_early {
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        }
+    } else {
+        stream.write_all(&head).map_err(|e| e.to_string())?;
+        let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+        sending = Some(std::thread::spawn(move || {
+            let _ = writer.write_all(&tail);
+            if end_early {
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            }
+        }));
     }
     let mut answer = Vec::new();
     let read = stream.read_to_end(&mut answer);
+    if let Some(sending) = sending {
+        let _ = sending.join();
+    }
     if answer.is_empty() {
         return Err(format!("no answer ({read:?})"));
     }
