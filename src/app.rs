@@ -111,8 +111,14 @@ fn serve(
     workers: usize,
     tls: Option<rustls::ServerConfig>,
 ) -> Result<Server, StartError> {
-    actix_web::rt::spawn(refresh_revocations(state.clone()));
-    actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
+    let compaction = actix_web::rt::spawn(crate::log::retention::compact_periodically(state.log.clone()));
+    let weak = Arc::downgrade(&state.clone().into_inner());
+    actix_web::rt::spawn(async move {
+        refresh_revocations(weak).await;
+        // The state is shut down or gone: so goes the compaction, which holds the
+        // pool (a server restarted in the same process must not leak connections).
+        compaction.abort();
+    });
     // Explicit, not actix's 5 s default: idle connections between requests are
     // closed at this deadline (a connection that never sends a request head is
     // closed by the 10 s request timeout below).
@@ -151,12 +157,15 @@ fn serve(
 }
 
 /// Re-reads the revocation table so revocations made elsewhere (the CLI, another
-/// node) take effect here.
-async fn refresh_revocations(state: web::Data<AppState>) {
+/// node) take effect here. Holds the state only while it works, and ends once the
+/// state is gone or shut down: a stopped server must not keep the read pool's
+/// database connections open.
+async fn refresh_revocations(state: std::sync::Weak<AppState>) {
     let mut tick = tokio::time::interval(REFRESH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        let Some(state) = state.upgrade().filter(|s| !s.realtime.is_stopping()) else { return };
         let list = state.verifier.revocations().clone();
         if let Err(e) = state.log.with_conn(move |conn| list.reload(conn).map_err(Into::into)).await {
             tracing::warn!(error = %e, "cannot refresh the revocation list");

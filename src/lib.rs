@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod limits;

@@ -142,13 +142,20 @@ pub async fn read(req: &HttpRequest, mut payload: web::Payload, limit: usize) ->
     if !gzip {
         return Ok(body.freeze());
     }
-    let mut inflated = Vec::with_capacity((body.len() * 4).min(limit));
-    flate2::read::MultiGzDecoder::new(&body[..])
+    inflate(&body, limit)
+}
+
+/// Inflates a gzip body (several members are one body) through a reader capped at
+/// `limit + 1` bytes: `413 body_too_large` past `limit`, `400 malformed_body` for a
+/// corrupt stream. Memory stays within `limit`, however much the input claims.
+pub fn inflate(compressed: &[u8], limit: usize) -> Result<Bytes, ApiError> {
+    let mut inflated = Vec::with_capacity(compressed.len().saturating_mul(4).min(limit));
+    flate2::read::MultiGzDecoder::new(compressed)
         .take(limit as u64 + 1)
         .read_to_end(&mut inflated)
         .map_err(|e| ApiError::new(ErrorCode::MalformedBody, format!("bad gzip body: {e}")))?;
     if inflated.len() > limit {
-        return Err(too_large());
+        return Err(ApiError::new(ErrorCode::BodyTooLarge, format!("the body is larger than {limit} bytes")));
     }
     Ok(Bytes::from(inflated))
 }
@@ -166,7 +173,10 @@ pub fn decode<T: DeserializeOwned>(format: Format, bytes: &[u8]) -> Result<T, Ap
         }
         Format::Msgpack => {
             let mut de = rmp_serde::Deserializer::new(Cursor::new(bytes));
-            de.set_max_depth(MAX_DEPTH);
+            // rmp-serde refuses a value once its depth reaches the limit it is given,
+            // so a limit of N allows N - 1 levels: N + 1 allows what the JSON check
+            // and docs/protocol.md allow.
+            de.set_max_depth(MAX_DEPTH + 1);
             let value = T::deserialize(&mut de).map_err(|e| malformed(&e))?;
             if de.position() != bytes.len() as u64 {
                 return Err(malformed(&"trailing bytes after the message"));
@@ -262,6 +272,19 @@ mod tests {
         deep.extend(std::iter::repeat_n(0x91, 100_000));
         deep.push(0xc0);
         assert!(decode::<PushRequest>(Format::Msgpack, &deep).is_err());
+    }
+
+    #[test]
+    fn both_formats_allow_exactly_max_depth_levels() {
+        // {"ops": [], "x": [[…[1]…]]}: the map is a level, each array another.
+        for (arrays, ok) in [(MAX_DEPTH - 1, true), (MAX_DEPTH, false)] {
+            let json = format!(r#"{{"ops":[],"x":{}1{}}}"#, "[".repeat(arrays), "]".repeat(arrays));
+            assert_eq!(decode::<PushRequest>(Format::Json, json.as_bytes()).is_ok(), ok, "JSON, {} levels", arrays + 1);
+            let mut mp = vec![0x82, 0xa3, b'o', b'p', b's', 0x90, 0xa1, b'x'];
+            mp.extend(std::iter::repeat_n(0x91, arrays));
+            mp.push(0x01);
+            assert_eq!(decode::<PushRequest>(Format::Msgpack, &mp).is_ok(), ok, "MessagePack, {} levels", arrays + 1);
+        }
     }
 
     #[test]

@@ -223,15 +223,15 @@ async fn status(req: HttpRequest, auth: Auth<Read>, state: web::Data<AppState>) 
 }
 
 /// The body of `POST /v1/admin/revoke`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-struct RevokeRequest {
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct RevokeRequest {
     /// Tokens to revoke (each with every token attenuated from it, but not the
     /// token it was itself attenuated from).
     #[serde(default)]
-    tokens: Vec<String>,
+    pub tokens: Vec<String>,
     /// Revocation ids (hex) to revoke.
     #[serde(default)]
-    ids: Vec<String>,
+    pub ids: Vec<String>,
 }
 
 /// The answer of `POST /v1/admin/revoke`.

@@ -75,7 +75,7 @@ mod close {
 
 /// How a session ends: with a close frame, or because the client is gone.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     Close(CloseOrder),
     Gone,
 }
@@ -173,7 +173,7 @@ fn offered_token(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// What the client sent next.
-enum Incoming {
+pub(crate) enum Incoming {
     Message(ClientMsg),
     /// A frame the session answers with an `error` and otherwise ignores.
     Bad(ApiError),
@@ -610,8 +610,9 @@ fn auth_close(e: &AuthError) -> CloseOrder {
     }
 }
 
-/// Decodes what the stream produced.
-fn read(item: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<Incoming, End> {
+/// Decodes what the stream produced: the pure part of the session's loop
+/// (`crate::fuzzing` drives it with arbitrary frames).
+pub(crate) fn read(item: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<Incoming, End> {
     match item {
         None => Err(End::Gone),
         // Echo the close handshake.

@@ -106,8 +106,15 @@ impl TryFrom<Envelope> for ClientMsg {
             "ack" => ClientMsg::Ack { seq: e.seq.ok_or(BadMessage::Missing { kind: "ack", key: "seq" })? },
             "ping" => ClientMsg::Ping { id: e.id },
             _ => {
+                // Quoted in the answer, cut to 64 bytes, at a character boundary
+                // (`truncate` panics inside a character: a client's type of 22
+                // U+FFFD characters killed its session).
                 let mut kind = e.kind;
-                kind.truncate(64);
+                let mut end = kind.len().min(64);
+                while !kind.is_char_boundary(end) {
+                    end -= 1;
+                }
+                kind.truncate(end);
                 return Err(BadMessage::UnknownType(kind));
             }
         })
@@ -281,6 +288,16 @@ mod tests {
         assert!(err.contains("unknown message type \"shout\""), "{err}");
         let missing = rmp_serde::to_vec_named(&Envelope { kind: "ack".into(), ..Envelope::default() }).unwrap();
         assert!(rmp_serde::from_slice::<ClientMsg>(&missing).is_err());
+    }
+
+    #[test]
+    fn long_unknown_types_are_cut_at_a_character_boundary() {
+        for name in ["x".to_owned() + &"é".repeat(40), "\u{fffd}".repeat(22), "a".repeat(100), "é".repeat(3)] {
+            let bytes = rmp_serde::to_vec_named(&Envelope { kind: name.clone(), ..Envelope::default() }).unwrap();
+            let err = rmp_serde::from_slice::<ClientMsg>(&bytes).unwrap_err().to_string();
+            let quoted = err.split('"').nth(1).unwrap_or_default().to_owned();
+            assert!(quoted.len() <= 64 && name.starts_with(&quoted) && quoted.len() >= 62.min(name.len()), "{err}");
+        }
     }
 
     #[test]
