@@ -39,6 +39,8 @@ import urllib.error
 import urllib.request
 import uuid
 
+from logcheck import log_errors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -187,20 +189,7 @@ def main():
         s.stop()
     shutil.rmtree(data, ignore_errors=True)
 
-    seqs = [op["seq"] for op in log]
-    if seqs != list(range(1, head + 1)):
-        errors.append(f"seqs are not 1..{head} without gaps or repeats")
-    stored = {}
-    for op in log:
-        if op["id"] in stored:
-            errors.append(f"op {op['id']} stored twice")
-        stored[op["id"]] = op["seq"]
-    for op_id, seq in first_answer.items():
-        if stored.get(op_id) != seq:
-            errors.append(f"acknowledged op {op_id} (seq {seq}) is {'at ' + str(stored.get(op_id)) if op_id in stored else 'missing'}")
-    missing = pushed - set(stored)
-    if missing:
-        errors.append(f"{len(missing)} pushed ops were never stored")
+    errors.extend(log_errors(log, head, first_answer, pushed))
     for node, seen in enumerate(tailed if tailers else []):
         if seen != list(range(1, head + 1)):
             errors.append(f"node {node}'s tailing reader saw {len(seen)} seqs, not exactly 1..{head} in order")

@@ -36,6 +36,8 @@ import urllib.error
 import urllib.request
 import uuid
 
+from logcheck import log_errors
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = "opsync_outage"
 ANSWER_WITHIN = 2.0   # seconds: a request during the outage must be answered this fast
@@ -258,20 +260,7 @@ def main():
                 break
             since = page["ops"][-1]["seq"]
 
-        seqs = [op["seq"] for op in log]
-        if seqs != list(range(1, head + 1)):
-            errors.append(f"seqs are not 1..{head} without gaps or repeats")
-        stored = {}
-        for op in log:
-            if op["id"] in stored:
-                errors.append(f"op {op['id']} stored twice")
-            stored[op["id"]] = op["seq"]
-        for op_id, seq in acked.items():
-            if stored.get(op_id) != seq:
-                errors.append(f"acknowledged op {op_id} (seq {seq}) is {stored.get(op_id, 'missing')}")
-        missing = pushed - set(stored)
-        if missing:
-            errors.append(f"{len(missing)} pushed ops were never stored")
+        errors.extend(log_errors(log, head, acked, pushed))
 
         refused = sum(1 for o in outcomes if o[2] == 503)
         for line in report:

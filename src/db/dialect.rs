@@ -187,33 +187,8 @@ pub(crate) struct SnapshotInsert<'a> {
 /// Records the last seq of each entity, `(entity, seq, deleted_at)` with distinct
 /// entities; `deleted_at` is set when that last op is a `del` (a tombstone).
 pub(crate) fn upsert_entities(conn: &mut DbConn, user: &str, last: &[(&str, i64, Option<i64>)]) -> QueryResult<()> {
-    if last.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<_> = last
-        .iter()
-        .map(|(entity, seq, deleted_at)| {
-            (
-                entities::user_id.eq(user),
-                entities::entity.eq(*entity),
-                entities::last_seq.eq(*seq),
-                entities::deleted_at.eq(*deleted_at),
-            )
-        })
-        .collect();
-    // Chunked: a statement has at most 32766 (SQLite) / 65535 (Postgres) parameters.
-    for chunk in rows.chunks(1000) {
-        let query = diesel::insert_into(entities::table)
-            .values(chunk)
-            .on_conflict((entities::user_id, entities::entity))
-            .do_update()
-            .set((
-                entities::last_seq.eq(excluded(entities::last_seq)),
-                entities::deleted_at.eq(excluded(entities::deleted_at)),
-            ));
-        on_backend!(&mut *conn, |c| query.execute(c))?;
-    }
-    Ok(())
+    let rows: Vec<_> = last.iter().map(|&(entity, seq, deleted_at)| (user, entity, seq, deleted_at)).collect();
+    upsert_user_entities(conn, &rows)
 }
 
 /// Notes that a device was seen now, creating its row if it is new.
@@ -550,6 +525,9 @@ pub(crate) fn entity_seqs(conn: &mut DbConn, keys: &[(&str, &str)]) -> QueryResu
 /// [`upsert_entities`] for several users: `(user, entity, seq, deleted_at)`, with
 /// distinct `(user, entity)` keys.
 pub(crate) fn upsert_user_entities(conn: &mut DbConn, last: &[(&str, &str, i64, Option<i64>)]) -> QueryResult<()> {
+    if last.is_empty() {
+        return Ok(());
+    }
     let rows: Vec<_> = last
         .iter()
         .map(|(user, entity, seq, deleted_at)| {
@@ -561,6 +539,7 @@ pub(crate) fn upsert_user_entities(conn: &mut DbConn, last: &[(&str, &str, i64, 
             )
         })
         .collect();
+    // Chunked: a statement has at most 32766 (SQLite) / 65535 (Postgres) parameters.
     for chunk in rows.chunks(1000) {
         let query = diesel::insert_into(entities::table)
             .values(chunk)
